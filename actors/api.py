@@ -1,0 +1,112 @@
+"""ApiActor: owns the WSGI server (cheroot, threaded) that serves the Bottle app.
+
+The socket is bound in __init__ (a busy port fails at start); `serve()` runs in a helper thread.
+Requests are handled on cheroot's worker threads, which reach the node only through ActorBackend:
+asks with a timeout, turned into 503 when an actor does not answer.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pykka
+from cheroot import wsgi
+
+from actors.base import MeshActor
+from actors.config import NodeConfig
+from actors.messages import CancelJob, CountJobs, GetJob, GetLoad, ListJobs, SubmitJob
+from proto.codec import node_status_name, pb
+from web.app import Unavailable, make_app
+
+
+class ActorBackend:
+    """The web layer's view of the node. Thread-safe: every call is an ask with a timeout."""
+
+    def __init__(
+        self,
+        node_id: str,
+        config: NodeConfig,
+        store: pykka.ActorRef[Any],
+        executor: pykka.ActorRef[Any],
+        dispatcher: pykka.ActorRef[Any],
+    ) -> None:
+        self.node_id = node_id
+        self.config = config
+        self.store = store
+        self.executor = executor
+        self.dispatcher = dispatcher
+        self.started = time.monotonic()
+
+    def _ask(self, ref: pykka.ActorRef[Any], message: Any) -> Any:
+        try:
+            return ref.ask(message, timeout=self.config.timing.ask_timeout)
+        except pykka.Timeout:
+            raise Unavailable(f"{type(message).__name__} timed out; the node is overloaded") from None
+        except pykka.ActorDeadError:
+            raise Unavailable("the node is shutting down") from None
+
+    def submit(self, job: pb.Job) -> pb.Job:
+        return self._ask(self.dispatcher, SubmitJob(job))
+
+    def get_job(self, job_id: str) -> pb.JobRecord | None:
+        return self._ask(self.store, GetJob(job_id))
+
+    def list_jobs(self, limit: int, status: int | None) -> list[pb.JobRecord]:
+        return self._ask(self.store, ListJobs(limit, status))
+
+    def cancel(self, job_id: str) -> Any:
+        return self._ask(self.dispatcher, CancelJob(job_id))
+
+    def status(self) -> dict[str, Any]:
+        load = self._ask(self.executor, GetLoad())
+        return {
+            "node_id": self.node_id,
+            "status": node_status_name(pb.BUSY if load.full else pb.IDLE),
+            "version": self.config.version,
+            "uptime_seconds": round(time.monotonic() - self.started, 3),
+            "running": load.running,
+            "queued": load.queued,
+            "capacity": load.capacity,
+            "jobs": self._ask(self.store, CountJobs()),
+        }
+
+    def peers(self, include_all: bool) -> list[dict[str, Any]]:
+        return []
+
+
+class ApiActor(MeshActor):
+    def __init__(self, config: NodeConfig, backend: ActorBackend) -> None:
+        super().__init__(node_id=backend.node_id)
+        self.server = wsgi.Server(
+            (config.api_host, config.api_port),
+            make_app(backend),
+            numthreads=config.api_threads,
+            server_name="worker-mesh",
+            timeout=10,
+            shutdown_timeout=1,
+            request_queue_size=64,
+        )
+        self.server.prepare()  # binds now: a busy port raises here, in the starting thread
+        self.thread = threading.Thread(target=self.server.serve, name="api-server", daemon=True)
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with --api-port 0)."""
+        return self.server.bind_addr[1]
+
+    def on_start(self) -> None:
+        self.thread.start()
+
+    def on_stop(self) -> None:
+        self._close()
+
+    def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
+        super().on_failure(exception_type, exception_value, traceback)
+        self._close()
+
+    def _close(self) -> None:
+        self.server.stop()
+        if self.thread.is_alive():
+            self.thread.join(timeout=5)

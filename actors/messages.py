@@ -1,0 +1,150 @@
+"""Messages between actors: small frozen values.
+
+Events (past tense, or imperative fire-and-forget commands) subclass `Event` and are always sent with
+tell; queries subclass `Query` and are asked with a timeout, downward only. The ask graph, acyclic:
+
+    web (ApiActor's server threads) ──ask──▶ Dispatcher, JobExecutor, Store, PeerRegistry
+    Dispatcher ──ask──▶ Store, JobExecutor
+    Node start-up ──ask──▶ Store, Dispatcher
+    JobExecutor ──tell──▶ Store, Node listeners;   helper threads ──tell──▶ their own actor
+
+Protobuf values (pb.Job, pb.JobResult, pb.JobRecord) cross actor boundaries only as hand-overs:
+the sender builds a fresh one and never touches it again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+class Event:
+    """Told, never asked; a handler that raises is logged and the actor goes on."""
+
+
+class Query:
+    """Asked with a timeout; the handler's return value (or exception) goes back to the caller."""
+
+
+# --- Store -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InsertJob(Query):
+    """Commit a new job (status PENDING) before the API answers 202. Returns None."""
+
+    job: Any  # pb.Job
+
+
+@dataclass(frozen=True)
+class GetJob(Query):
+    """Return the pb.JobRecord of `job_id` (with output), or None."""
+
+    job_id: str
+
+
+@dataclass(frozen=True)
+class ListJobs(Query):
+    """Return up to `limit` pb.JobRecords, newest first, without output."""
+
+    limit: int
+    status: int | None = None
+
+
+@dataclass(frozen=True)
+class CountJobs(Query):
+    """Return {status name: count} over every job the node knows."""
+
+
+@dataclass(frozen=True)
+class RecoverJobs(Query):
+    """After a restart: fail jobs this node was running, return the pb.Jobs it should run again."""
+
+    node_id: str
+
+
+@dataclass(frozen=True)
+class JobStarted(Event):
+    job_id: str
+    executor_node: str
+    started_at: Any  # datetime
+
+
+@dataclass(frozen=True)
+class JobFinished(Event):
+    """A final result. Once a job is final its status never changes; later results only add output."""
+
+    result: Any  # pb.JobResult
+
+
+# --- Job executor ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunJob(Event):
+    """Queue a job to run here (FIFO); a job id already queued or running is ignored."""
+
+    job: Any  # pb.Job
+
+
+@dataclass(frozen=True)
+class CancelRun(Query):
+    """Cancel a queued or running job here. Returns True if this executor had it."""
+
+    job_id: str
+    reason: str = "cancelled by user"
+
+
+@dataclass(frozen=True)
+class GetLoad(Query):
+    """Return the executor's Load."""
+
+
+@dataclass(frozen=True)
+class Load:
+    running: int
+    queued: int
+    capacity: int
+
+    @property
+    def full(self) -> bool:
+        return self.running >= self.capacity
+
+
+@dataclass(frozen=True)
+class ProcessExited(Event):
+    """From a job's helper thread: its process group is gone and here is what it did."""
+
+    job: Any  # pb.Job
+    outcome: Any  # process.ProcessOutcome
+
+
+# --- Dispatcher --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SubmitJob(Query):
+    """Store a new job, then hand it to an executor. Returns the stored pb.Job."""
+
+    job: Any  # pb.Job
+
+
+@dataclass(frozen=True)
+class CancelJob(Query):
+    """Cancel a job wherever it is. Returns a CancelOutcome."""
+
+    job_id: str
+
+
+@dataclass(frozen=True)
+class CancelOutcome:
+    found: bool
+    already_final: bool = False
+    record: Any = None  # pb.JobRecord after the cancel, when found
+
+
+@dataclass(frozen=True)
+class LoadChanged(Event):
+    """From the executor to its listeners whenever running/queued changes."""
+
+    load: Load

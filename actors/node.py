@@ -1,0 +1,99 @@
+"""Node: the one place that builds the actors, wires them, starts them in dependency order and
+stops them in reverse. run_node.py and the tests start nodes only through it.
+
+Start order: Store → JobExecutor → Dispatcher → Api (the web server last: nothing is served before
+everything it asks is up). Stop order is the reverse, so the executor can still record the jobs it
+kills while the store is running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Any
+
+import pykka
+
+from actors.api import ActorBackend, ApiActor
+from actors.config import NodeConfig
+from actors.dispatcher import DispatcherActor
+from actors.executor import JobExecutorActor
+from actors.logs import get_logger
+from actors.messages import RecoverJobs, RunJob
+from actors.store import StoreActor
+from store.datadir import DataDir
+
+
+class Node:
+    """One worker-mesh node. `start()` returns once the API is serving; `stop()` is idempotent."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.data_dir = DataDir(config.data_dir)
+        self.node_id = ""
+        self.incarnation = 0
+        self.api_port = 0
+        self._refs: list[pykka.ActorRef[Any]] = []  # in start order
+        self._stopped = threading.Event()
+        self._stop_lock = threading.Lock()
+        self.log = get_logger()
+
+    def start(self) -> Node:
+        """Open the data dir, start every actor, recover unfinished jobs. Raises on any failure,
+        after stopping whatever had started."""
+        self.data_dir.open()
+        try:
+            self.node_id = self.data_dir.node_id(self.config.node_id)
+            self.incarnation = self.data_dir.next_incarnation()
+            self.log = get_logger(node_id=self.node_id)
+            self._start_actors()
+        except BaseException:
+            self.stop()
+            raise
+        self.log.info(
+            "node_started",
+            api_url=f"http://{self.config.api_host}:{self.api_port}/api/v1",
+            data_dir=str(self.config.data_dir),
+            db_path=str(self.data_dir.db_path),
+            max_jobs=self.config.max_jobs,
+            incarnation=self.incarnation,
+            version=self.config.version,
+        )
+        return self
+
+    def _start_actors(self) -> None:
+        cfg, node_id = self.config, self.node_id
+        store = self._keep(StoreActor.start(self.data_dir.db_path, node_id))
+        executor = self._keep(JobExecutorActor.start(cfg, node_id, store, self.data_dir.work_dir))
+        dispatcher = self._keep(DispatcherActor.start(node_id, store, executor, cfg.timing.ask_timeout))
+        backend = ActorBackend(node_id, cfg, store, executor, dispatcher)
+        api = self._keep(ApiActor.start(cfg, backend))
+        self.api_port = api.proxy().port.get(timeout=cfg.timing.ask_timeout)
+
+        pending = store.ask(RecoverJobs(node_id), timeout=30)
+        for job in pending:
+            executor.tell(RunJob(job))
+        if pending:
+            self.log.info("jobs_recovered", pending=len(pending))
+
+    def _keep(self, ref: pykka.ActorRef[Any]) -> pykka.ActorRef[Any]:
+        self._refs.append(ref)
+        return ref
+
+    def stop(self) -> None:
+        """Stop the actors in reverse start order and release the data dir. Blocks until done."""
+        with self._stop_lock:
+            if self._stopped.is_set():
+                return
+            for ref in reversed(self._refs):
+                with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
+                    ref.stop(block=True, timeout=15)
+            self._refs.clear()
+            self.data_dir.close()
+            self._stopped.set()
+        if self.node_id:
+            self.log.info("node_stopped")
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped.is_set()

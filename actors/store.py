@@ -1,0 +1,68 @@
+"""StoreActor: the only owner of the node's Pony database; every read and write runs on its thread."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pony import orm
+
+from actors.base import MeshActor, handles
+from actors.messages import (
+    CountJobs,
+    GetJob,
+    InsertJob,
+    JobFinished,
+    JobStarted,
+    ListJobs,
+    RecoverJobs,
+)
+from proto.codec import utcnow
+from store import jobs
+from store.models import open_database
+
+
+class StoreActor(MeshActor):
+    """Wraps store/ in db_sessions. The database is opened in __init__ so a bad path fails at start."""
+
+    def __init__(self, db_path: Path, node_id: str) -> None:
+        super().__init__(node_id=node_id)
+        self.db = open_database(db_path)
+
+    def on_stop(self) -> None:
+        self.db.disconnect()
+
+    @handles(InsertJob)
+    def _insert(self, message: InsertJob) -> None:
+        with orm.db_session:
+            jobs.insert_job(self.db, message.job)
+
+    @handles(GetJob)
+    def _get(self, message: GetJob) -> Any:
+        with orm.db_session:
+            return jobs.get_job(self.db, message.job_id)
+
+    @handles(ListJobs)
+    def _list(self, message: ListJobs) -> Any:
+        with orm.db_session:
+            return jobs.list_jobs(self.db, message.limit, message.status)
+
+    @handles(CountJobs)
+    def _count(self, _message: CountJobs) -> dict[str, int]:
+        with orm.db_session:
+            return jobs.count_by_status(self.db)
+
+    @handles(RecoverJobs)
+    def _recover(self, message: RecoverJobs) -> Any:
+        with orm.db_session:
+            return jobs.recover_after_restart(self.db, message.node_id, utcnow())
+
+    @handles(JobStarted)
+    def _started(self, message: JobStarted) -> None:
+        with orm.db_session:
+            jobs.mark_running(self.db, message.job_id, message.executor_node, message.started_at)
+
+    @handles(JobFinished)
+    def _finished(self, message: JobFinished) -> None:
+        with orm.db_session:
+            jobs.finish_job(self.db, message.result)

@@ -1,0 +1,155 @@
+"""The Bottle app: a thin adapter from HTTP to a Backend that asks the actors.
+
+Runs on the WSGI server's worker threads. Every response is JSON; no client input reaches a 500.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import bottle
+
+from actors.config import MAX_BODY_BYTES
+from actors.logs import get_logger
+from proto import codec
+from proto.codec import pb
+from web import openapi
+from web.errors import ApiError, dumps
+from web.validation import (
+    check_json_content_type,
+    job_from_body,
+    job_id_param,
+    list_params,
+    parse_json_object,
+)
+
+PREFIX = "/api/v1"
+
+
+class Unavailable(Exception):
+    """An actor did not answer in time (or has stopped): the API answers 503."""
+
+
+class Backend(Protocol):
+    """What the routes need from the node; implemented over actor asks in actors/api.py."""
+
+    node_id: str
+
+    def submit(self, job: pb.Job) -> pb.Job: ...
+    def get_job(self, job_id: str) -> pb.JobRecord | None: ...
+    def list_jobs(self, limit: int, status: int | None) -> list[pb.JobRecord]: ...
+    def cancel(self, job_id: str) -> Any: ...
+    def status(self) -> dict[str, Any]: ...
+    def peers(self, include_all: bool) -> list[dict[str, Any]]: ...
+
+
+def _respond(status: int, body: Any, **headers: str) -> bottle.HTTPResponse:
+    response = bottle.HTTPResponse(dumps(body), status=status, **headers)
+    response.content_type = "application/json"
+    return response
+
+
+def _error_page(error: bottle.HTTPError) -> str:
+    """Bottle's own errors (404 no route, 405 wrong method) as JSON instead of its HTML page."""
+    codes = {404: "not_found", 405: "method_not_allowed"}
+    status = error.status_code
+    message = {404: "no such route", 405: "method not allowed"}.get(
+        status, str(error.body or error.status_line)
+    )
+    bottle.response.content_type = "application/json"
+    if status >= 500:
+        get_logger().error("http_error", status=status, error=repr(error.exception))
+        message = "internal error"
+    return dumps({"error": {"code": codes.get(status, f"http_{status}"), "message": message}})
+
+
+def _read_body() -> bytes:
+    length = bottle.request.content_length
+    if length > MAX_BODY_BYTES:
+        raise ApiError(413, "body_too_large", f"body must be at most {MAX_BODY_BYTES} bytes")
+    stream = bottle.request.environ["wsgi.input"]
+    raw = stream.read(length) if length >= 0 else stream.read(MAX_BODY_BYTES + 1)
+    if len(raw) > MAX_BODY_BYTES:
+        raise ApiError(413, "body_too_large", f"body must be at most {MAX_BODY_BYTES} bytes")
+    return raw
+
+
+def make_app(backend: Backend) -> bottle.Bottle:
+    """Build the WSGI app over `backend`."""
+    app = bottle.Bottle(catchall=True, autojson=False)
+    log = get_logger(node_id=backend.node_id, component="api")
+    for status in (400, 404, 405, 413, 500):
+        app.error_handler[status] = _error_page
+
+    def route(path: str, method: str = "GET") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        def register(handler: Callable[..., Any]) -> Callable[..., Any]:
+            @functools.wraps(handler)
+            def guarded(*args: Any, **kwargs: Any) -> Any:
+                try:
+                    return handler(*args, **kwargs)
+                except ApiError as exc:
+                    return _respond(exc.status, exc.body())
+                except Unavailable as exc:
+                    return _respond(
+                        503, {"error": {"code": "unavailable", "message": str(exc)}}, **{"Retry-After": "1"}
+                    )
+                except bottle.HTTPResponse:
+                    raise
+                except Exception:
+                    log.exception("request_failed", path=bottle.request.path, method=bottle.request.method)
+                    return _respond(500, {"error": {"code": "internal_error", "message": "internal error"}})
+
+            app.route(PREFIX + path, method, guarded)
+            return guarded
+
+        return register
+
+    @route("/health")
+    def health() -> Any:
+        return _respond(200, {"status": "ok", "node_id": backend.node_id})
+
+    @route("/status")
+    def status() -> Any:
+        return _respond(200, backend.status())
+
+    @route("/peers")
+    def peers() -> Any:
+        include_all = bottle.request.query.get("all", "").lower() in ("1", "true", "yes")
+        return _respond(200, backend.peers(include_all))
+
+    @route("/jobs", "POST")
+    def submit() -> Any:
+        check_json_content_type(bottle.request.content_type)
+        job = job_from_body(parse_json_object(_read_body()), backend.node_id)
+        stored = backend.submit(job)
+        return _respond(202, codec.submitted_json(stored), Location=f"{PREFIX}/jobs/{stored.job_id}")
+
+    @route("/jobs")
+    def list_jobs() -> Any:
+        limit, status = list_params(bottle.request.query)
+        return _respond(200, [codec.summary_json(r) for r in backend.list_jobs(limit, status)])
+
+    @route("/jobs/<job_id>")
+    def get_job(job_id: str) -> Any:
+        record = backend.get_job(job_id_param(job_id))
+        if record is None:
+            raise ApiError(404, "job_not_found", f"no job {job_id!r}")
+        return _respond(200, codec.detail_json(record))
+
+    @route("/jobs/<job_id>", "DELETE")
+    def cancel(job_id: str) -> Any:
+        outcome = backend.cancel(job_id_param(job_id))
+        if not outcome.found:
+            raise ApiError(404, "job_not_found", f"no job {job_id!r}")
+        if outcome.record.job.status != pb.JOB_CANCELLED:
+            name = codec.status_name(outcome.record.job.status)
+            raise ApiError(409, "job_finished", f"job already finished with {name}", status=name)
+        return _respond(200, codec.detail_json(outcome.record))
+
+    @route("/openapi.json")
+    def spec() -> Any:
+        return _respond(200, openapi.document())
+
+    return app

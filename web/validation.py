@@ -1,0 +1,142 @@
+"""Turn raw HTTP input into protobuf jobs and query values, or raise ApiError naming the field."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from typing import Any
+
+from actors.config import DEFAULT_LIST_LIMIT, DEFAULT_TIMEOUT_SECONDS, MAX_LIST_LIMIT, MAX_TIMEOUT_SECONDS
+from proto.codec import JOB_STATUS_NAMES, pb, to_timestamp, utcnow
+from web.errors import ApiError, bad_field
+
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Linux refuses a single exec argument of 128 KiB or more (MAX_ARG_STRLEN): say so up front.
+MAX_COMMAND_BYTES = 128 * 1024 - 1
+JOB_FIELDS = ("command", "env", "timeout_seconds")
+
+
+def check_json_content_type(content_type: str | None) -> None:
+    """Accept `application/json`, optionally with `charset=utf-8`; anything else is 415."""
+    media, _, params = (content_type or "").partition(";")
+    if media.strip().lower() != "application/json":
+        raise ApiError(415, "unsupported_media_type", "Content-Type must be application/json")
+    for param in params.split(";"):
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in ("utf-8", "utf8"):
+            raise ApiError(415, "unsupported_media_type", "only charset=utf-8 is accepted")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """The body as a JSON object; 400 for anything else."""
+    try:
+        value = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        raise ApiError(400, "malformed_json", "body is not UTF-8") from None
+    except ValueError as exc:
+        raise ApiError(400, "malformed_json", f"body is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ApiError(400, "invalid_body", "body must be a JSON object")
+    return value
+
+
+def _command(body: dict[str, Any]) -> str:
+    if "command" not in body:
+        raise bad_field("command", "is required")
+    command = body["command"]
+    if not isinstance(command, str):
+        raise bad_field("command", "must be a string")
+    if not command.strip():
+        raise bad_field("command", "must not be empty")
+    if "\x00" in command:
+        raise bad_field("command", "must not contain NUL characters")
+    if len(command.encode("utf-8", errors="surrogatepass")) > MAX_COMMAND_BYTES:
+        raise bad_field("command", f"must be at most {MAX_COMMAND_BYTES} bytes")
+    return command
+
+
+def _env(body: dict[str, Any]) -> dict[str, str]:
+    env = body.get("env", {})
+    if env is None:
+        return {}
+    if not isinstance(env, dict):
+        raise bad_field("env", "must be an object of string values")
+    for name, value in env.items():
+        if not ENV_NAME.fullmatch(name):
+            raise bad_field("env", f"{name!r} is not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)")
+        if not isinstance(value, str):
+            raise bad_field("env", f"value of {name} must be a string")
+        if "\x00" in value:
+            raise bad_field("env", f"value of {name} must not contain NUL characters")
+    return env
+
+
+def _timeout(body: dict[str, Any]) -> int:
+    value = body.get("timeout_seconds", DEFAULT_TIMEOUT_SECONDS)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise bad_field("timeout_seconds", "must be an integer number of seconds")
+    if not 1 <= value <= MAX_TIMEOUT_SECONDS:
+        raise bad_field("timeout_seconds", f"must be between 1 and {MAX_TIMEOUT_SECONDS}")
+    return value
+
+
+def _check_surrogates(field: str, text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise bad_field(field, "contains an unpaired surrogate (\\ud800-\\udfff)") from None
+
+
+def job_from_body(body: dict[str, Any], node_id: str) -> pb.Job:
+    """A new PENDING pb.Job from a POST /jobs body."""
+    unknown = sorted(set(body) - set(JOB_FIELDS))
+    if unknown:
+        raise bad_field(unknown[0], f"unknown field (allowed: {', '.join(JOB_FIELDS)})")
+    command, env, timeout = _command(body), _env(body), _timeout(body)
+    _check_surrogates("command", command)
+    for name, value in env.items():
+        _check_surrogates("env", name + value)
+    job = pb.Job(
+        job_id=str(uuid.uuid4()),
+        command=command,
+        env=env,
+        timeout_seconds=timeout,
+        status=pb.JOB_PENDING,
+        created_by_node=node_id,
+        attempt=1,
+    )
+    job.created_at.CopyFrom(to_timestamp(utcnow()))
+    return job
+
+
+def list_params(query: Any) -> tuple[int, int | None]:
+    """(limit, status) from GET /jobs' query string."""
+    raw_limit = query.get("limit")
+    limit = DEFAULT_LIST_LIMIT
+    if raw_limit is not None:
+        if not re.fullmatch(r"\d{1,9}", raw_limit.strip()):
+            raise bad_field("limit", f"must be an integer between 1 and {MAX_LIST_LIMIT}")
+        limit = int(raw_limit)
+        if not 1 <= limit <= MAX_LIST_LIMIT:
+            raise bad_field("limit", f"must be between 1 and {MAX_LIST_LIMIT}")
+    raw_status = query.get("status")
+    status = None
+    if raw_status is not None:
+        name = raw_status.strip().upper()
+        if name not in JOB_STATUS_NAMES:
+            raise bad_field("status", f"must be one of {', '.join(JOB_STATUS_NAMES)}")
+        status = pb.JobStatus.Value(name)
+    return limit, status
+
+
+def job_id_param(job_id: str) -> str:
+    """A job id from the path: a UUID, else 404 (no job can have it)."""
+    try:
+        return str(uuid.UUID(job_id))
+    except ValueError:
+        raise ApiError(404, "job_not_found", f"no job {job_id!r}") from None
