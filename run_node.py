@@ -41,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="run_node.py",
         description="Start one worker-mesh node: a REST API that takes shell jobs, runs them and keeps "
         "their history in SQLite.",
-        epilog="Environment: LOG_LEVEL (like --log-level). Example: python run_node.py --api-port 3002",
+        epilog="Environment: LOG_LEVEL, DISCOVERY_PORT, HEARTBEAT_INTERVAL, PEER_TIMEOUT (a flag wins over "
+        "its variable). Durations: 5s, 500ms, 2m or plain seconds. "
+        "Example: python run_node.py --api-port 3002",
     )
     parser.add_argument(
         "--api-port",
@@ -66,6 +68,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="jobs run at once; the rest wait as JOB_PENDING (default: CPU count, here %(default)s)",
     )
     parser.add_argument(
+        "--discovery-port",
+        default=os.environ.get("DISCOVERY_PORT", "8080"),
+        help="UDP port for heartbeats, shared by every node on a host (default 8080; DISCOVERY_PORT)",
+    )
+    parser.add_argument(
+        "--heartbeat-interval",
+        default=os.environ.get("HEARTBEAT_INTERVAL", "5s"),
+        help="time between heartbeats (default 5s; HEARTBEAT_INTERVAL)",
+    )
+    parser.add_argument(
+        "--peer-timeout",
+        default=os.environ.get("PEER_TIMEOUT", "30s"),
+        help="a peer silent this long is FAILED; at least two intervals (default 30s; PEER_TIMEOUT)",
+    )
+    parser.add_argument(
+        "--broadcast",
+        action="append",
+        metavar="ADDR",
+        help="broadcast address for heartbeats, repeatable (default 127.255.255.255: this host only). "
+        "A LAN address such as 10.1.2.255 sends heartbeats to every host on that network.",
+    )
+    parser.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a label announced in this node's heartbeat metadata, repeatable",
+    )
+    parser.add_argument(
         "--log-format",
         choices=("json", "console"),
         default="json",
@@ -81,13 +112,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_config(argv: list[str]):
     """Options → NodeConfig; raises SystemExit(2) with one line on stderr for a bad value."""
-    from actors.config import ConfigError, NodeConfig, parse_port
+    import ipaddress
+
+    from actors.config import ConfigError, NodeConfig, Timing, parse_duration, parse_port
     from actors.logs import LEVELS
 
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         api_port = parse_port(args.api_port, "--api-port", allow_zero=True)
+        discovery_port = parse_port(args.discovery_port, "--discovery-port / DISCOVERY_PORT")
+        interval = parse_duration(args.heartbeat_interval, "--heartbeat-interval / HEARTBEAT_INTERVAL")
+        peer_timeout = parse_duration(args.peer_timeout, "--peer-timeout / PEER_TIMEOUT")
+        if peer_timeout < 2 * interval:
+            raise ConfigError(
+                f"--peer-timeout / PEER_TIMEOUT ({peer_timeout:g}s) must be at least two heartbeat "
+                f"intervals ({2 * interval:g}s)"
+            )
+        broadcast = tuple(args.broadcast or ("127.255.255.255",))
+        for address in broadcast:
+            try:
+                ipaddress.IPv4Address(address)
+            except ValueError:
+                raise ConfigError(f"--broadcast: {address!r} is not an IPv4 address") from None
+        labels = []
+        for label in args.label:
+            key, sep, value = label.partition("=")
+            if not sep or not key.strip():
+                raise ConfigError(f"--label: {label!r} is not KEY=VALUE")
+            labels.append((key.strip(), value))
     except ConfigError as exc:
         parser.error(str(exc))
     if args.log_level.lower() not in LEVELS:
@@ -104,6 +157,10 @@ def parse_config(argv: list[str]):
         api_host=args.api_host,
         api_port=api_port,
         max_jobs=args.max_jobs,
+        discovery_port=discovery_port,
+        broadcast=broadcast,
+        labels=tuple(labels),
+        timing=Timing(heartbeat_interval=interval, peer_timeout=peer_timeout),
     )
     return config, args
 
@@ -111,7 +168,7 @@ def parse_config(argv: list[str]):
 def main(argv: list[str] | None = None) -> int:
     config, args = parse_config(sys.argv[1:] if argv is None else argv)
     from actors import logs
-    from actors.node import Node
+    from actors.node import Node, StartError
     from store.datadir import DataDirError
 
     logs.configure(level=args.log_level.lower(), fmt=args.log_format)
@@ -131,9 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     except DataDirError as exc:
         print(f"run_node.py: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except OSError as exc:
-        where = f"{config.api_host}:{config.api_port}"
-        print(f"run_node.py: error: cannot serve the API on {where}: {exc.strerror or exc}", file=sys.stderr)
+    except StartError as exc:
+        print(f"run_node.py: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as exc:  # noqa: BLE001 - one line for the user, not a traceback
         print(f"run_node.py: error: the node could not start: {exc}", file=sys.stderr)

@@ -16,7 +16,18 @@ from cheroot import wsgi
 
 from actors.base import MeshActor
 from actors.config import NodeConfig
-from actors.messages import CancelJob, CountJobs, GetJob, GetLoad, ListJobs, SubmitJob
+from actors.messages import (
+    CancelJob,
+    CountJobs,
+    GetDiscoveryStats,
+    GetJob,
+    GetLoad,
+    GetPeerCounts,
+    ListJobs,
+    ListPeers,
+    SubmitJob,
+)
+from actors.peers import peer_json
 from proto.codec import node_status_name, pb
 from web.app import Unavailable, make_app
 
@@ -31,12 +42,16 @@ class ActorBackend:
         store: pykka.ActorRef[Any],
         executor: pykka.ActorRef[Any],
         dispatcher: pykka.ActorRef[Any],
+        registry: pykka.ActorRef[Any],
+        discovery: pykka.ActorRef[Any],
     ) -> None:
         self.node_id = node_id
         self.config = config
         self.store = store
         self.executor = executor
         self.dispatcher = dispatcher
+        self.registry = registry
+        self.discovery = discovery
         self.started = time.monotonic()
 
     def _ask(self, ref: pykka.ActorRef[Any], message: Any) -> Any:
@@ -70,10 +85,13 @@ class ActorBackend:
             "queued": load.queued,
             "capacity": load.capacity,
             "jobs": self._ask(self.store, CountJobs()),
+            "peers": self._ask(self.registry, GetPeerCounts()),
+            "discovery": self._ask(self.discovery, GetDiscoveryStats()),
         }
 
     def peers(self, include_all: bool) -> list[dict[str, Any]]:
-        return []
+        now = time.monotonic()
+        return [peer_json(peer, now) for peer in self._ask(self.registry, ListPeers(include_all))]
 
 
 class ApiActor(MeshActor):

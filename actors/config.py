@@ -68,5 +68,9 @@ class NodeConfig:
     max_jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
     output_cap: int = 1024 * 1024  # bytes kept per stream per job
     api_threads: int = 16
+    discovery_port: int = 8080
+    discovery_bind: str = "0.0.0.0"  # to hear broadcasts; what is sent goes only to `broadcast`
+    broadcast: tuple[str, ...] = ("127.255.255.255",)
+    labels: tuple[tuple[str, str], ...] = ()
     timing: Timing = field(default_factory=Timing)
     version: str = VERSION

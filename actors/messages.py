@@ -148,3 +148,98 @@ class LoadChanged(Event):
     """From the executor to its listeners whenever running/queued changes."""
 
     load: Load
+
+
+# --- Discovery and peer registry ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EnvelopeReceived(Event):
+    """From the discovery socket's helper thread: a decoded envelope and the host it came from."""
+
+    envelope: Any  # pb.Envelope, handed over
+    host: str
+    now: float  # receiver's monotonic clock when it arrived
+
+
+@dataclass(frozen=True)
+class DatagramDropped(Event):
+    reason: str  # one of proto.wire.DROP_REASONS
+    detail: str
+    host: str
+
+
+@dataclass(frozen=True)
+class SendHeartbeat(Event):
+    reason: str  # interval | start | reply | status_change
+
+
+@dataclass(frozen=True)
+class StartAnnouncing(Event):
+    """From the node once the API serves: send the first heartbeat and keep sending them."""
+
+    api_port: int
+    mesh_port: int = 0
+
+
+@dataclass(frozen=True)
+class AnnounceLeave(Query):
+    """Broadcast a leave notice now and stop heartbeats (the node is stopping). Returns None."""
+
+
+@dataclass(frozen=True)
+class GetDiscoveryStats(Query):
+    """Return the discovery counters as a dict."""
+
+
+@dataclass(frozen=True)
+class HeartbeatHeard(Event):
+    heartbeat: Any  # proto.wire.Heartbeat
+    now: float
+    wall: Any  # datetime
+
+
+@dataclass(frozen=True)
+class LeaveHeard(Event):
+    notice: Any  # proto.wire.LeaveNotice
+    now: float
+    wall: Any  # datetime
+
+
+@dataclass(frozen=True)
+class ExpirePeers(Event):
+    now: float
+
+
+@dataclass(frozen=True)
+class AddPeerListener(Event):
+    """Wiring: tell `ref` PeersChanged from now on."""
+
+    ref: Any  # pykka.ActorRef
+
+
+@dataclass(frozen=True)
+class PeersChanged(Event):
+    events: tuple[Any, ...]  # actors.peer_table.PeerEvent
+
+
+@dataclass(frozen=True)
+class ListPeers(Query):
+    """Return live peers (or all) as a list of actors.peer_table.Peer."""
+
+    include_all: bool = False
+
+
+@dataclass(frozen=True)
+class GetPeerCounts(Query):
+    """Return {state: count} plus stale heartbeats."""
+
+
+@dataclass(frozen=True)
+class SavePeers(Event):
+    peers: tuple[Any, ...]  # actors.peer_table.Peer
+
+
+@dataclass(frozen=True)
+class LoadPeers(Query):
+    """Return [(proto.wire.Heartbeat, last_seen datetime)] of every remembered peer."""

@@ -1,9 +1,10 @@
 """Node: the one place that builds the actors, wires them, starts them in dependency order and
 stops them in reverse. run_node.py and the tests start nodes only through it.
 
-Start order: Store → JobExecutor → Dispatcher → Api (the web server last: nothing is served before
-everything it asks is up). Stop order is the reverse, so the executor can still record the jobs it
-kills while the store is running.
+Start order: Store → PeerRegistry → Discovery → JobExecutor → Dispatcher → Api (the web server
+last: nothing is served before everything it asks is up); only then does discovery announce the
+node. Stopping first broadcasts a leave notice (peers drop the node at once), then stops the actors
+in reverse, so the executor can still record the jobs it kills while the store is running.
 """
 
 from __future__ import annotations
@@ -16,24 +17,38 @@ import pykka
 
 from actors.api import ActorBackend, ApiActor
 from actors.config import NodeConfig
+from actors.discovery import DiscoveryActor
 from actors.dispatcher import DispatcherActor
 from actors.executor import JobExecutorActor
 from actors.logs import get_logger
-from actors.messages import RecoverJobs, RunJob
+from actors.messages import AddPeerListener, AnnounceLeave, RecoverJobs, RunJob, StartAnnouncing
+from actors.peers import PeerRegistryActor
 from actors.store import StoreActor
+from actors.transport import UdpTransport
 from store.datadir import DataDir
+
+
+class StartError(Exception):
+    """The node cannot start; the message is one line for the user."""
+
+
+def _bind_error(what: str, exc: OSError) -> StartError:
+    return StartError(f"cannot bind the {what}: {exc.strerror or exc}")
 
 
 class Node:
     """One worker-mesh node. `start()` returns once the API is serving; `stop()` is idempotent."""
 
-    def __init__(self, config: NodeConfig) -> None:
+    def __init__(self, config: NodeConfig, transport: Any = None) -> None:
+        """`transport`: the discovery transport (default: a UDP socket on the discovery port)."""
         self.config = config
+        self._transport = transport
         self.data_dir = DataDir(config.data_dir)
         self.node_id = ""
         self.incarnation = 0
         self.api_port = 0
         self._refs: list[pykka.ActorRef[Any]] = []  # in start order
+        self._discovery: pykka.ActorRef[Any] | None = None
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
         self.log = get_logger()
@@ -63,18 +78,35 @@ class Node:
 
     def _start_actors(self) -> None:
         cfg, node_id = self.config, self.node_id
+        timing = cfg.timing
+        try:
+            transport = self._transport or UdpTransport(cfg.discovery_bind, cfg.discovery_port)
+        except OSError as exc:
+            raise _bind_error(f"discovery port udp/{cfg.discovery_port}", exc) from None
         store = self._keep(StoreActor.start(self.data_dir.db_path, node_id))
-        executor = self._keep(JobExecutorActor.start(cfg, node_id, store, self.data_dir.work_dir))
-        dispatcher = self._keep(DispatcherActor.start(node_id, store, executor, cfg.timing.ask_timeout))
-        backend = ActorBackend(node_id, cfg, store, executor, dispatcher)
-        api = self._keep(ApiActor.start(cfg, backend))
-        self.api_port = api.proxy().port.get(timeout=cfg.timing.ask_timeout)
+        registry = self._keep(
+            PeerRegistryActor.start(node_id, timing.peer_timeout, store, timing.ask_timeout)
+        )
+        discovery = self._keep(DiscoveryActor.start(cfg, node_id, self.incarnation, registry, transport))
+        self._discovery = discovery
+        registry.tell(AddPeerListener(discovery))
+        executor = self._keep(
+            JobExecutorActor.start(cfg, node_id, store, self.data_dir.work_dir, listeners=[discovery])
+        )
+        dispatcher = self._keep(DispatcherActor.start(node_id, store, executor, timing.ask_timeout))
+        backend = ActorBackend(node_id, cfg, store, executor, dispatcher, registry, discovery)
+        try:
+            api = self._keep(ApiActor.start(cfg, backend))
+        except OSError as exc:
+            raise _bind_error(f"API port {cfg.api_host}:{cfg.api_port}", exc) from None
+        self.api_port = api.proxy().port.get(timeout=timing.ask_timeout)
 
         pending = store.ask(RecoverJobs(node_id), timeout=30)
         for job in pending:
             executor.tell(RunJob(job))
         if pending:
             self.log.info("jobs_recovered", pending=len(pending))
+        discovery.tell(StartAnnouncing(api_port=self.api_port))
 
     def _keep(self, ref: pykka.ActorRef[Any]) -> pykka.ActorRef[Any]:
         self._refs.append(ref)
@@ -85,6 +117,9 @@ class Node:
         with self._stop_lock:
             if self._stopped.is_set():
                 return
+            if self._discovery is not None:
+                with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
+                    self._discovery.ask(AnnounceLeave(), timeout=self.config.timing.ask_timeout)
             for ref in reversed(self._refs):
                 with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
                     ref.stop(block=True, timeout=15)

@@ -15,10 +15,12 @@ from actors.messages import (
     JobFinished,
     JobStarted,
     ListJobs,
+    LoadPeers,
     RecoverJobs,
+    SavePeers,
 )
 from proto.codec import utcnow
-from store import jobs
+from store import jobs, peers
 from store.models import open_database
 
 
@@ -66,3 +68,13 @@ class StoreActor(MeshActor):
     def _finished(self, message: JobFinished) -> None:
         with orm.db_session:
             jobs.finish_job(self.db, message.result)
+
+    @handles(SavePeers)
+    def _save_peers(self, message: SavePeers) -> None:
+        with orm.db_session:
+            peers.save_peers(self.db, message.peers)
+
+    @handles(LoadPeers)
+    def _load_peers(self, _message: LoadPeers) -> Any:
+        with orm.db_session:
+            return peers.load_peers(self.db)

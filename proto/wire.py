@@ -1,0 +1,143 @@
+"""Datagram framing: a 4-byte prefix, then one serialized `mesh.v1.Envelope`. No sockets here.
+
+    b"WM" | version (1 byte, now 1) | flags (1 byte, 0 = plain) | Envelope bytes
+
+The prefix lets a node recognise foreign traffic on its port and drop it before parsing; the size
+is checked before anything else. Decoding raises Dropped with a short reason that nodes count.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from google.protobuf.message import DecodeError
+
+from proto.codec import pb, to_timestamp, utcnow
+
+MAGIC = b"WM"
+VERSION = 1
+FLAGS_PLAIN = 0
+PREFIX = MAGIC + bytes([VERSION, FLAGS_PLAIN])
+MAX_DATAGRAM = 8192  # heartbeats are a few hundred bytes; anything near this is not ours
+NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+DROP_REASONS = (
+    "empty",
+    "too_large",
+    "bad_magic",
+    "unknown_version",
+    "unknown_flags",
+    "malformed",
+    "no_sender",
+    "bad_sender",
+    "no_body",
+    "bad_heartbeat",
+)
+
+
+class Dropped(Exception):
+    """A datagram that is not a usable message; `reason` is one of DROP_REASONS."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """What a heartbeat says about its sender, plus the host it came from."""
+
+    node_id: str
+    incarnation: int
+    host: str
+    mesh_port: int
+    api_port: int
+    status: int  # pb.NodeStatus
+    running: int
+    queued: int
+    capacity: int
+    version: str
+    metadata: tuple[tuple[str, str], ...] = field(default=())
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.mesh_port}"
+
+
+@dataclass(frozen=True)
+class LeaveNotice:
+    node_id: str
+    incarnation: int
+    reason: str
+
+
+def encode(envelope: pb.Envelope) -> bytes:
+    """Frame an envelope; ValueError if it would not fit in one datagram."""
+    data = PREFIX + envelope.SerializeToString()
+    if len(data) > MAX_DATAGRAM:
+        raise ValueError(f"message of {len(data)} bytes exceeds the {MAX_DATAGRAM}-byte datagram limit")
+    return data
+
+
+def envelope(sender_id: str, incarnation: int, sequence: int) -> pb.Envelope:
+    """A new envelope from this node, stamped with the sender's wall clock (shown, never trusted)."""
+    env = pb.Envelope(sender_id=sender_id, incarnation=incarnation, sequence=sequence)
+    env.sent_at.CopyFrom(to_timestamp(utcnow()))
+    return env
+
+
+def decode(data: bytes) -> pb.Envelope:
+    """Parse one datagram; raises Dropped. Checks size and prefix before parsing anything."""
+    if not data:
+        raise Dropped("empty")
+    if len(data) > MAX_DATAGRAM:
+        raise Dropped("too_large", f"{len(data)} bytes")
+    if len(data) < len(PREFIX) or data[:2] != MAGIC:
+        raise Dropped("bad_magic")
+    if data[2] != VERSION:
+        raise Dropped("unknown_version", f"version {data[2]}")
+    if data[3] != FLAGS_PLAIN:
+        raise Dropped("unknown_flags", f"flags {data[3]}")
+    env = pb.Envelope()
+    try:
+        env.ParseFromString(data[len(PREFIX) :])
+    except DecodeError as exc:
+        raise Dropped("malformed", str(exc)) from None
+    if not env.sender_id:
+        raise Dropped("no_sender")
+    if not NODE_ID.fullmatch(env.sender_id):
+        raise Dropped("bad_sender", repr(env.sender_id[:70]))
+    if env.WhichOneof("body") is None:
+        raise Dropped("no_body")
+    return env
+
+
+def heartbeat_from(env: pb.Envelope, host: str) -> Heartbeat:
+    """The Heartbeat in `env`, sent from `host`; raises Dropped when its fields make no sense."""
+    info = env.heartbeat
+    if info.node_id and info.node_id != env.sender_id:
+        raise Dropped("bad_heartbeat", "node_id differs from the envelope's sender")
+    if info.api_port > 65535 or info.mesh_port > 65535:
+        raise Dropped("bad_heartbeat", "port out of range")
+    if info.status not in (pb.IDLE, pb.BUSY, pb.DRAINING):
+        raise Dropped("bad_heartbeat", f"status {info.status}")
+    metadata = tuple(sorted((k[:64], v[:256]) for k, v in list(info.metadata.items())[:32]))
+    return Heartbeat(
+        node_id=env.sender_id,
+        incarnation=env.incarnation,
+        host=host,
+        mesh_port=info.mesh_port,
+        api_port=info.api_port,
+        status=info.status,
+        running=info.running,
+        queued=info.queued,
+        capacity=info.capacity,
+        version=info.version[:64],
+        metadata=metadata,
+    )
+
+
+def leave_from(env: pb.Envelope) -> LeaveNotice:
+    return LeaveNotice(env.sender_id, env.incarnation, env.leave.reason[:200])
