@@ -39,6 +39,7 @@ class UdpTransport:
         self.sock = sock
         self._wake_r, self._wake_w = os.pipe()
         self._thread: threading.Thread | None = None
+        self._closed = False
 
     def start(self, on_datagram: OnDatagram) -> None:
         """Start the reader thread; `on_datagram` runs on it and must not block."""
@@ -59,6 +60,9 @@ class UdpTransport:
 
     def close(self) -> None:
         """Stop the reader thread and close the socket; safe to call twice."""
+        if self._closed:
+            return  # the descriptors may already belong to someone else
+        self._closed = True
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"x")
         if self._thread is not None and self._thread is not threading.current_thread():
