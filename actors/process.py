@@ -91,6 +91,7 @@ class ProcessRunner:
         self._cancel_lock = threading.Lock()
         self._cancel_reason: str | None = None
         self._cancel_grace: float | None = None
+        self._wake_closed = False
 
     def cancel(self, reason: str, grace: float | None = None) -> None:
         """Ask the running job to stop: SIGTERM to its group now, SIGKILL after the grace."""
@@ -98,8 +99,11 @@ class ProcessRunner:
             if self._cancel_reason is None:
                 self._cancel_reason = reason
                 self._cancel_grace = grace
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"x")
+            # Under the lock: once run() has closed the wake pipe its descriptor numbers may
+            # belong to someone else (a socket, the database), so never write after that.
+            if not self._wake_closed:
+                with contextlib.suppress(OSError):
+                    os.write(self._wake_w, b"x")
 
     def run(self) -> ProcessOutcome:
         """Run the command to the end; never raises for anything the command does."""
@@ -139,9 +143,13 @@ class ProcessRunner:
     # -- internals ------------------------------------------------------------------------------
 
     def _close_wake(self) -> None:
-        for fd in (self._wake_r, self._wake_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        with self._cancel_lock:
+            if self._wake_closed:
+                return
+            self._wake_closed = True
+            for fd in (self._wake_r, self._wake_w):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
     def _supervise(self, proc: subprocess.Popen[bytes], started_at: datetime) -> ProcessOutcome:
         watch = _Watch(proc, self.spec, self._wake_r)
