@@ -40,6 +40,9 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
         raise ApiError(400, "malformed_json", "body is not UTF-8") from None
     except ValueError as exc:
         raise ApiError(400, "malformed_json", f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        # `[[[[…` a million deep fits in the body limit and exhausts the parser's recursion.
+        raise ApiError(400, "malformed_json", "body is nested too deeply") from None
     if not isinstance(value, dict):
         raise ApiError(400, "invalid_body", "body must be a JSON object")
     return value
