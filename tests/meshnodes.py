@@ -216,6 +216,18 @@ class MeshNode:
             raise OSError(done.stderr.decode(errors="replace").strip())
         return json.loads(done.stdout)
 
+    def post(self, path: str, body: dict[str, Any], timeout: float = 3.0) -> Any:
+        """POST JSON to `<api_url><path>` from the host (not for nodes in a namespace)."""
+        assert self.netns is None, "a namespaced node's API is reached only from inside its namespace"
+        request = urllib.request.Request(  # noqa: S310 - our own node
+            self.api_url + path,
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - our own node
+            return json.loads(response.read())
+
     def answers(self) -> bool:
         """True when GET /health answers 200."""
         try:

@@ -367,3 +367,60 @@ def test_a_discovery_port_out_of_range_in_the_environment_exits_2_with_one_line(
     done = run_node(*safe_args, env={"DISCOVERY_PORT": "70000"})
 
     assert_refused(done, "DISCOVERY_PORT", "70000")
+
+
+@pytest.mark.parametrize(("goodbye", "state"), [("terminate", "LEFT"), ("kill", "FAILED")])
+def test_a_peer_that_had_left_or_failed_is_not_listed_as_live_after_the_observer_restarts(
+    mesh: Mesh, tmp_path: Path, goodbye: str, state: str
+) -> None:
+    # The observer's peer timeout is long enough that a wrongly revived entry is still listed
+    # when the observer's API first answers after its restart.
+    observer = mesh.spawn("observer", timeout=3.0, data_dir=tmp_path / "observer").wait_started()
+    gone = mesh.start("gone")[0]
+    wait_all_see_all([observer, gone])
+    getattr(gone, goodbye)()
+    wait_until(lambda: dropped_as(observer, gone.node_id, state), 10.0, f"the observer to list it {state}")
+    observer.terminate()
+    assert observer.wait() == 0
+
+    again = mesh.spawn("observer", timeout=3.0, data_dir=tmp_path / "observer").wait_started()
+
+    assert again.node_id == observer.node_id
+    assert gone.node_id not in again.peer_ids(), again.peers()
+
+
+def test_a_peer_remembered_from_before_a_restart_is_unconfirmed_until_it_expires_as_failed(
+    mesh: Mesh, tmp_path: Path
+) -> None:
+    observer = mesh.spawn("observer", timeout=2.0, data_dir=tmp_path / "observer").wait_started()
+    peer = mesh.start("peer")[0]
+    wait_all_see_all([observer, peer])
+    observer.terminate()
+    assert observer.wait() == 0
+    peer.kill()  # gone while the observer was down: never heard again
+
+    again = mesh.spawn("observer", timeout=2.0, data_dir=tmp_path / "observer").wait_started()
+    assert [(p["node_id"], p["status"]) for p in again.peers()] == [(peer.node_id, "UNCONFIRMED")]
+    took = wait_until(lambda: dropped_as(again, peer.node_id, "FAILED"), 5.0, "the unconfirmed peer to fail")
+
+    print(f"\nunconfirmed peer failed {took:.3f}s after the restarted observer answered")
+    assert took <= 2.0 + INTERVAL
+
+
+def test_a_node_that_becomes_busy_is_listed_busy_by_its_peers_long_before_the_next_heartbeat(
+    mesh: Mesh,
+) -> None:
+    slow = {"interval": 5.0, "timeout": 15.0}
+    watcher = mesh.start("watcher", **slow)[0]
+    worker = mesh.spawn("worker", "--max-jobs", "1", **slow).wait_started()  # type: ignore[arg-type]
+    wait_all_see_all([watcher, worker])
+
+    worker.post("/jobs", {"command": "sleep 30"})
+    took = wait_until(
+        lambda: [p["status"] for p in watcher.peers()] == ["BUSY"], 3.0, "the watcher to list the worker BUSY"
+    )
+
+    print(f"\nBUSY seen by the peer {took:.3f}s after the job was accepted (interval 5s)")
+    assert took < 0.5
+    [entry] = watcher.peers()
+    assert (entry["running"], entry["capacity"]) == (1, 1)
