@@ -20,15 +20,18 @@ from actors.messages import (
     CancelJob,
     CountJobs,
     GetDiscoveryStats,
+    GetDispatchState,
     GetJob,
     GetLoad,
     GetPeerCounts,
     ListJobs,
     ListPeers,
+    SetDraining,
     SubmitJob,
 )
 from actors.peers import peer_json
-from proto.codec import node_status_name, pb
+from actors.settled import SettledWatch
+from proto.codec import FINAL_STATUSES, node_status_name, pb
 from web.app import Unavailable, make_app
 
 
@@ -44,6 +47,8 @@ class ActorBackend:
         dispatcher: pykka.ActorRef[Any],
         registry: pykka.ActorRef[Any],
         discovery: pykka.ActorRef[Any],
+        settled: SettledWatch | None = None,
+        mesh: Any = None,
     ) -> None:
         self.node_id = node_id
         self.config = config
@@ -52,6 +57,8 @@ class ActorBackend:
         self.dispatcher = dispatcher
         self.registry = registry
         self.discovery = discovery
+        self.settled = settled or SettledWatch()
+        self.mesh = mesh
         self.started = time.monotonic()
 
     def _ask(self, ref: pykka.ActorRef[Any], message: Any) -> Any:
@@ -62,11 +69,24 @@ class ActorBackend:
         except pykka.ActorDeadError:
             raise Unavailable("the node is shutting down") from None
 
-    def submit(self, job: pb.Job) -> pb.Job:
-        return self._ask(self.dispatcher, SubmitJob(job))
+    def submit(self, job: pb.Job, pinned: str | None = None) -> pb.Job:
+        return self._ask(self.dispatcher, SubmitJob(job, pinned))
 
-    def get_job(self, job_id: str) -> pb.JobRecord | None:
-        return self._ask(self.store, GetJob(job_id))
+    def set_draining(self, draining: bool) -> str:
+        return self._ask(self.dispatcher, SetDraining(draining))
+
+    def get_job(self, job_id: str, wait: float = 0.0) -> pb.JobRecord | None:
+        """The job; with `wait`, first wait up to that long for it to reach a final status."""
+        if wait <= 0:
+            return self._ask(self.store, GetJob(job_id))
+        event = self.settled.waiter(job_id)  # registered before reading: a settle is never missed
+        try:
+            record = self._ask(self.store, GetJob(job_id))
+            if record is None or record.job.status in FINAL_STATUSES or not event.wait(wait):
+                return record
+            return self._ask(self.store, GetJob(job_id))
+        finally:
+            self.settled.forget(job_id, event)
 
     def list_jobs(self, limit: int, status: int | None) -> list[pb.JobRecord]:
         return self._ask(self.store, ListJobs(limit, status))
@@ -76,9 +96,11 @@ class ActorBackend:
 
     def status(self) -> dict[str, Any]:
         load = self._ask(self.executor, GetLoad())
+        dispatch = self._ask(self.dispatcher, GetDispatchState())
+        status = pb.DRAINING if dispatch["draining"] else (pb.BUSY if load.full else pb.IDLE)
         return {
             "node_id": self.node_id,
-            "status": node_status_name(pb.BUSY if load.full else pb.IDLE),
+            "status": node_status_name(status),
             "version": self.config.version,
             "uptime_seconds": round(time.monotonic() - self.started, 3),
             "running": load.running,
@@ -87,6 +109,7 @@ class ActorBackend:
             "jobs": self._ask(self.store, CountJobs()),
             "peers": self._ask(self.registry, GetPeerCounts()),
             "discovery": self._ask(self.discovery, GetDiscoveryStats()),
+            "mesh": {**(self.mesh.snapshot() if self.mesh else {}), **dispatch},
         }
 
     def peers(self, include_all: bool) -> list[dict[str, Any]]:

@@ -55,6 +55,8 @@ class Timing:
     kill_grace: float = 5.0  # SIGTERM → SIGKILL for a job's process group
     ask_timeout: float = 5.0  # how long the web layer waits on an actor before answering 503
     shutdown_grace: float = 2.0  # SIGTERM → SIGKILL for running jobs when the node stops
+    mesh_timeout: float = 2.0  # connect + reply deadline of one request on a peer's mesh port
+    mesh_read_timeout: float = 10.0  # how long a mesh connection may stay silent
 
 
 @dataclass(frozen=True)
@@ -72,5 +74,7 @@ class NodeConfig:
     discovery_bind: str = "0.0.0.0"  # to hear broadcasts; what is sent goes only to `broadcast`
     broadcast: tuple[str, ...] = ("127.255.255.255",)
     labels: tuple[tuple[str, str], ...] = ()
+    mesh_host: str = "127.0.0.1"
+    mesh_port: int = 0  # 0: any free port, announced in heartbeats
     timing: Timing = field(default_factory=Timing)
     version: str = VERSION

@@ -23,6 +23,7 @@ from actors.config import NodeConfig
 from actors.messages import (
     AnnounceLeave,
     DatagramDropped,
+    DrainingChanged,
     EnvelopeReceived,
     GetDiscoveryStats,
     HeartbeatHeard,
@@ -123,6 +124,13 @@ class DiscoveryActor(MeshActor):
     def _load_changed(self, message: LoadChanged) -> None:
         before = self._status()
         self.load = message.load
+        if self._status() != before and self.announcing:
+            self._send_heartbeat("status_change")
+
+    @handles(DrainingChanged)
+    def _draining_changed(self, message: DrainingChanged) -> None:
+        before = self._status()
+        self.draining = message.draining
         if self._status() != before and self.announcing:
             self._send_heartbeat("status_change")
 

@@ -20,12 +20,14 @@ from actors.base import MeshActor, handles, tell_quietly
 from actors.config import NodeConfig
 from actors.messages import (
     CancelRun,
+    Deliver,
     GetLoad,
     JobFinished,
     JobStarted,
     Load,
     LoadChanged,
     ProcessExited,
+    ReportStarted,
     RunJob,
 )
 from actors.process import ProcessOutcome, ProcessRunner, ProcessSpec
@@ -50,6 +52,7 @@ class JobExecutorActor(MeshActor):
         work_dir: Path,
         listeners: Sequence[pykka.ActorRef[Any]] = (),
         base_env: Mapping[str, str] | None = None,
+        courier: pykka.ActorRef[Any] | None = None,
     ) -> None:
         super().__init__(node_id=node_id)
         self.config = config
@@ -57,6 +60,7 @@ class JobExecutorActor(MeshActor):
         self.store = store
         self.work_dir = work_dir
         self.listeners = list(listeners)
+        self.courier = courier
         self.base_env = dict(os.environ if base_env is None else base_env)
         self.queue: deque[pb.Job] = deque()
         self.running: dict[str, _Running] = {}
@@ -77,7 +81,7 @@ class JobExecutorActor(MeshActor):
         for job in self.queue:
             if job.job_id == message.job_id:
                 self.queue.remove(job)
-                self._settle_cancelled(job.job_id, message.reason)
+                self._settle_cancelled(job, message.reason)
                 self.log.info("job_cancelled", job_id=job.job_id, while_status="JOB_PENDING")
                 self._announce()
                 return True
@@ -85,7 +89,7 @@ class JobExecutorActor(MeshActor):
         if entry is None:
             return False
         # The job is settled as cancelled now; its output follows when the group is gone.
-        self._settle_cancelled(message.job_id, message.reason)
+        self._settle_cancelled(entry.job, message.reason)
         entry.runner.cancel(message.reason)
         self.log.info("job_cancelled", job_id=message.job_id, while_status="JOB_RUNNING")
         return True
@@ -139,7 +143,10 @@ class JobExecutorActor(MeshActor):
             target=self._run_in_helper, args=(job, runner), name=f"job-{job.job_id[:8]}", daemon=True
         )
         self.running[job.job_id] = _Running(job, runner, thread)
-        tell_quietly(self.store, JobStarted(job.job_id, self.node_id, utcnow()))
+        started_at = utcnow()
+        tell_quietly(self.store, JobStarted(job.job_id, self.node_id, started_at, job.attempt))
+        if self._is_remote(job):
+            tell_quietly(self.courier, ReportStarted(job, started_at))
         self.log.info("job_started", job_id=job.job_id, timeout_seconds=job.timeout_seconds)
         thread.start()
 
@@ -164,7 +171,7 @@ class JobExecutorActor(MeshActor):
             result.has_exit_code = True
         result.started_at.CopyFrom(to_timestamp(outcome.started_at))
         result.finished_at.CopyFrom(to_timestamp(outcome.finished_at))
-        tell_quietly(self.store, JobFinished(result))
+        self._finish(job, result)
         duration = (outcome.finished_at - outcome.started_at).total_seconds()
         self.log.info(
             "job_finished",
@@ -175,17 +182,28 @@ class JobExecutorActor(MeshActor):
             error=outcome.error or None,
         )
 
-    def _settle_cancelled(self, job_id: str, reason: str) -> None:
-        result = pb.JobResult(job_id=job_id, status=pb.JOB_CANCELLED, error=reason)
+    def _settle_cancelled(self, job: pb.Job, reason: str) -> None:
+        result = pb.JobResult(job_id=job.job_id, status=pb.JOB_CANCELLED, error=reason)
+        result.executor_node_id = self.node_id
         result.finished_at.CopyFrom(to_timestamp(utcnow()))
+        self._finish(job, result)
+
+    def _is_remote(self, job: pb.Job) -> bool:
+        return bool(job.created_by_node) and job.created_by_node != self.node_id
+
+    def _finish(self, job: pb.Job, result: pb.JobResult) -> None:
+        """Store the result; for another node's job, have the courier carry it home."""
+        result.attempt = job.attempt
         tell_quietly(self.store, JobFinished(result))
+        if self._is_remote(job):
+            tell_quietly(self.courier, Deliver(job.job_id))
 
     def _shutdown(self) -> None:
         """Kill every running job's group and record it cancelled; queued jobs stay PENDING."""
         entries = list(self.running.values())
         self.running.clear()
         for entry in entries:
-            self._settle_cancelled(entry.job.job_id, SHUTDOWN_REASON)
+            self._settle_cancelled(entry.job, SHUTDOWN_REASON)
             entry.runner.cancel(SHUTDOWN_REASON, grace=self.config.timing.shutdown_grace)
         for entry in entries:
             entry.thread.join(timeout=self.config.timing.shutdown_grace + 2.0)

@@ -68,6 +68,41 @@ class JobStarted(Event):
     job_id: str
     executor_node: str
     started_at: Any  # datetime
+    attempt: int = 0
+
+
+@dataclass(frozen=True)
+class AcceptHandoff(Query):
+    """Store a job handed over by its origin. Returns False if this node already has it."""
+
+    job: Any  # pb.Job
+
+
+@dataclass(frozen=True)
+class UnsettledAt(Query):
+    """Return the pb.Jobs `origin` created that are PENDING or RUNNING on node `target`."""
+
+    target: str
+    origin: str
+
+
+@dataclass(frozen=True)
+class RetargetJob(Query):
+    """Point a job that is not final at `target` as attempt `attempt`. Returns True if done."""
+
+    job_id: str
+    target: str
+    attempt: int
+
+
+@dataclass(frozen=True)
+class ListUndelivered(Query):
+    """Return the ids of results this node owes to their origins."""
+
+
+@dataclass(frozen=True)
+class MarkDelivered(Event):
+    job_id: str
 
 
 @dataclass(frozen=True)
@@ -124,9 +159,76 @@ class ProcessExited(Event):
 
 @dataclass(frozen=True)
 class SubmitJob(Query):
-    """Store a new job, then hand it to an executor. Returns the stored pb.Job."""
+    """Choose a target, store the job, hand it over. Returns the stored pb.Job; raises Refusal."""
 
     job: Any  # pb.Job
+    pinned: str | None = None  # a node id: run there or nowhere
+
+
+class Refusal(Exception):
+    """The dispatcher will not take a request; `kind` is not_found, conflict or unavailable."""
+
+    def __init__(self, kind: str, code: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class SetDraining(Query):
+    """Drain (True) or resume (False). Returns the node status name."""
+
+    draining: bool
+
+
+@dataclass(frozen=True)
+class GetDispatchState(Query):
+    """Return {"draining": bool, "handoffs_in_flight": int, ...}."""
+
+
+@dataclass(frozen=True)
+class HandoffDone(Event):
+    """From a hand-off helper thread: the target's answer (or the failure to get one)."""
+
+    job_id: str
+    node_id: str
+    accepted: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class HandoffReceived(Query):
+    """A peer asks this node to run a job. Returns (accepted, reason)."""
+
+    job: Any  # pb.Job
+    sender: str
+
+
+@dataclass(frozen=True)
+class ResultReceived(Query):
+    """An executor reports the final result of a job this node created. Returns None."""
+
+    result: Any  # pb.JobResult
+    sender: str
+
+
+@dataclass(frozen=True)
+class UpdateReceived(Query):
+    """An executor reports that a job this node created started. Returns None."""
+
+    job_id: str
+    executor: str
+    started_at: Any  # datetime
+    attempt: int
+
+
+@dataclass(frozen=True)
+class CancelReceived(Query):
+    """The origin of a job asks this executor to cancel it. Returns True if it was here."""
+
+    job_id: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -243,3 +345,40 @@ class SavePeers(Event):
 @dataclass(frozen=True)
 class LoadPeers(Query):
     """Return [(proto.wire.Heartbeat, last_seen datetime)] of every remembered peer."""
+
+
+@dataclass(frozen=True)
+class DrainingChanged(Event):
+    """From the dispatcher to discovery: announce DRAINING (or not) at once."""
+
+    draining: bool
+
+
+# --- Result courier ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Deliver(Event):
+    """A result for another node's job is stored: send it to its origin until acknowledged."""
+
+    job_id: str
+
+
+@dataclass(frozen=True)
+class ReportStarted(Event):
+    """Tell the origin of a job that it started here (best effort)."""
+
+    job: Any  # pb.Job
+    started_at: Any  # datetime
+
+
+@dataclass(frozen=True)
+class DeliveryDone(Event):
+    job_id: str
+    ok: bool
+    error: str
+
+
+@dataclass(frozen=True)
+class RetryDeliveries(Event):
+    now: float

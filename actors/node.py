@@ -1,10 +1,11 @@
 """Node: the one place that builds the actors, wires them, starts them in dependency order and
 stops them in reverse. run_node.py and the tests start nodes only through it.
 
-Start order: Store → PeerRegistry → Discovery → JobExecutor → Dispatcher → Api (the web server
-last: nothing is served before everything it asks is up); only then does discovery announce the
-node. Stopping first broadcasts a leave notice (peers drop the node at once), then stops the actors
-in reverse, so the executor can still record the jobs it kills while the store is running.
+Start order: Store → PeerRegistry → Discovery → ResultCourier → JobExecutor → Dispatcher, then the
+mesh port's listener and the Api (the servers last: nothing is served before everything it asks is
+up); only then does discovery announce the node. Stopping first broadcasts a leave notice (peers
+drop the node at once) and closes the mesh port, then stops the actors in reverse, so the executor
+can still record the jobs it kills while the store is running.
 """
 
 from __future__ import annotations
@@ -17,12 +18,16 @@ import pykka
 
 from actors.api import ActorBackend, ApiActor
 from actors.config import NodeConfig
+from actors.courier import ResultCourierActor
 from actors.discovery import DiscoveryActor
 from actors.dispatcher import DispatcherActor
 from actors.executor import JobExecutorActor
+from actors.inbox import MeshInbox
 from actors.logs import get_logger
+from actors.mesh_transport import MeshListener
 from actors.messages import AddPeerListener, AnnounceLeave, RecoverJobs, RunJob, StartAnnouncing
 from actors.peers import PeerRegistryActor
+from actors.settled import SettledWatch
 from actors.store import StoreActor
 from actors.transport import UdpTransport
 from store.datadir import DataDir
@@ -49,6 +54,9 @@ class Node:
         self.api_port = 0
         self._refs: list[pykka.ActorRef[Any]] = []  # in start order
         self._discovery: pykka.ActorRef[Any] | None = None
+        self._mesh: MeshListener | None = None
+        self.mesh_port = 0
+        self.settled = SettledWatch()
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
         self.log = get_logger()
@@ -68,6 +76,7 @@ class Node:
         self.log.info(
             "node_started",
             api_url=f"http://{self.config.api_host}:{self.api_port}/api/v1",
+            mesh_address=f"{self.config.mesh_host}:{self.mesh_port}",
             data_dir=str(self.config.data_dir),
             db_path=str(self.data_dir.db_path),
             max_jobs=self.config.max_jobs,
@@ -77,36 +86,52 @@ class Node:
         return self
 
     def _start_actors(self) -> None:
-        cfg, node_id = self.config, self.node_id
+        cfg, node_id, incarnation = self.config, self.node_id, self.incarnation
         timing = cfg.timing
         try:
             transport = self._transport or UdpTransport(cfg.discovery_bind, cfg.discovery_port)
         except OSError as exc:
             raise _bind_error(f"discovery port udp/{cfg.discovery_port}", exc) from None
-        store = self._keep(StoreActor.start(self.data_dir.db_path, node_id))
+        try:
+            self._mesh = MeshListener(cfg.mesh_host, cfg.mesh_port, timing.mesh_read_timeout)
+        except OSError as exc:
+            transport.close()
+            raise _bind_error(f"mesh port {cfg.mesh_host}:{cfg.mesh_port}", exc) from None
+
+        store = self._keep(StoreActor.start(self.data_dir.db_path, node_id, self.settled))
+        pending = store.ask(RecoverJobs(node_id), timeout=30)  # before the courier looks for results
         registry = self._keep(
             PeerRegistryActor.start(node_id, timing.peer_timeout, store, timing.ask_timeout)
         )
-        discovery = self._keep(DiscoveryActor.start(cfg, node_id, self.incarnation, registry, transport))
+        discovery = self._keep(DiscoveryActor.start(cfg, node_id, incarnation, registry, transport))
         self._discovery = discovery
-        registry.tell(AddPeerListener(discovery))
+        courier = self._keep(ResultCourierActor.start(node_id, incarnation, store, registry, timing))
         executor = self._keep(
-            JobExecutorActor.start(cfg, node_id, store, self.data_dir.work_dir, listeners=[discovery])
+            JobExecutorActor.start(
+                cfg, node_id, store, self.data_dir.work_dir, listeners=[discovery], courier=courier
+            )
         )
-        dispatcher = self._keep(DispatcherActor.start(node_id, store, executor, timing.ask_timeout))
-        backend = ActorBackend(node_id, cfg, store, executor, dispatcher, registry, discovery)
+        dispatcher = self._keep(
+            DispatcherActor.start(node_id, incarnation, store, executor, registry, discovery, timing)
+        )
+        for listener in (discovery, dispatcher, courier):
+            registry.tell(AddPeerListener(listener))
+        self._mesh.start(MeshInbox(node_id, incarnation, dispatcher, timing.ask_timeout).handle)
+        backend = ActorBackend(
+            node_id, cfg, store, executor, dispatcher, registry, discovery, self.settled, self._mesh
+        )
         try:
             api = self._keep(ApiActor.start(cfg, backend))
         except OSError as exc:
             raise _bind_error(f"API port {cfg.api_host}:{cfg.api_port}", exc) from None
         self.api_port = api.proxy().port.get(timeout=timing.ask_timeout)
+        self.mesh_port = self._mesh.port
 
-        pending = store.ask(RecoverJobs(node_id), timeout=30)
         for job in pending:
             executor.tell(RunJob(job))
         if pending:
             self.log.info("jobs_recovered", pending=len(pending))
-        discovery.tell(StartAnnouncing(api_port=self.api_port))
+        discovery.tell(StartAnnouncing(api_port=self.api_port, mesh_port=self.mesh_port))
 
     def _keep(self, ref: pykka.ActorRef[Any]) -> pykka.ActorRef[Any]:
         self._refs.append(ref)
@@ -120,6 +145,8 @@ class Node:
             if self._discovery is not None:
                 with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
                     self._discovery.ask(AnnounceLeave(), timeout=self.config.timing.ask_timeout)
+            if self._mesh is not None:
+                self._mesh.close()
             for ref in reversed(self._refs):
                 with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
                     ref.stop(block=True, timeout=15)

@@ -69,10 +69,15 @@ class PeerTable:
         self._peers: dict[str, Peer] = {}
         self.stale_heartbeats = 0
 
-    def load(self, heartbeat: Heartbeat, last_seen_wall: datetime, now: float) -> None:
-        """Add a peer remembered from disk as UNCONFIRMED (it expires unless heard)."""
-        if heartbeat.node_id != self.own_id and heartbeat.node_id not in self._peers:
-            self._peers[heartbeat.node_id] = Peer(heartbeat, PeerState.UNCONFIRMED, now, last_seen_wall)
+    def load(self, heartbeat: Heartbeat, last_seen_wall: datetime, now: float, state: str = "ALIVE") -> None:
+        """Add a peer remembered from disk: one that was live comes back UNCONFIRMED (it expires
+        unless heard); one that had failed or left stays so."""
+        if heartbeat.node_id == self.own_id or heartbeat.node_id in self._peers:
+            return
+        remembered = PeerState.UNCONFIRMED
+        if state in (PeerState.FAILED.value, PeerState.LEFT.value):
+            remembered = PeerState(state)
+        self._peers[heartbeat.node_id] = Peer(heartbeat, remembered, now, last_seen_wall)
 
     def observe(self, hb: Heartbeat, now: float, wall: datetime) -> list[PeerEvent]:
         """Apply a heartbeat; returns what changed (empty for a plain refresh or a stale one)."""

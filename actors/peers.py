@@ -49,8 +49,8 @@ class PeerRegistryActor(MeshActor):
     def on_start(self) -> None:
         if self.store is not None:
             now = time.monotonic()
-            for heartbeat, last_seen in self.store.ask(LoadPeers(), timeout=self.ask_timeout):
-                self.table.load(heartbeat, last_seen, now)
+            for heartbeat, last_seen, state in self.store.ask(LoadPeers(), timeout=self.ask_timeout):
+                self.table.load(heartbeat, last_seen, now, state)
         self.ticker = Ticker(self.actor_ref, self.ticker_period, ExpirePeers, "peer-expiry")
         self.ticker.start()
 

@@ -9,16 +9,22 @@ from pony import orm
 
 from actors.base import MeshActor, handles
 from actors.messages import (
+    AcceptHandoff,
     CountJobs,
     GetJob,
     InsertJob,
     JobFinished,
     JobStarted,
     ListJobs,
+    ListUndelivered,
     LoadPeers,
+    MarkDelivered,
     RecoverJobs,
+    RetargetJob,
     SavePeers,
+    UnsettledAt,
 )
+from actors.settled import SettledWatch
 from proto.codec import utcnow
 from store import jobs, peers
 from store.models import open_database
@@ -27,8 +33,10 @@ from store.models import open_database
 class StoreActor(MeshActor):
     """Wraps store/ in db_sessions. The database is opened in __init__ so a bad path fails at start."""
 
-    def __init__(self, db_path: Path, node_id: str) -> None:
+    def __init__(self, db_path: Path, node_id: str, settled: SettledWatch | None = None) -> None:
         super().__init__(node_id=node_id)
+        self.node_id = node_id
+        self.settled = settled or SettledWatch()
         self.db = open_database(db_path)
 
     def on_stop(self) -> None:
@@ -62,12 +70,44 @@ class StoreActor(MeshActor):
     @handles(JobStarted)
     def _started(self, message: JobStarted) -> None:
         with orm.db_session:
-            jobs.mark_running(self.db, message.job_id, message.executor_node, message.started_at)
+            jobs.mark_running(
+                self.db, message.job_id, message.executor_node, message.started_at, message.attempt
+            )
 
     @handles(JobFinished)
     def _finished(self, message: JobFinished) -> None:
         with orm.db_session:
-            jobs.finish_job(self.db, message.result)
+            settled = jobs.finish_job(self.db, message.result, own_node=self.node_id)
+        if settled:
+            self.settled.fire(message.result.job_id)
+
+    @handles(AcceptHandoff)
+    def _accept_handoff(self, message: AcceptHandoff) -> bool:
+        with orm.db_session:
+            if self.db.Job.exists(job_id=message.job.job_id):
+                return False
+            jobs.insert_job(self.db, message.job)
+        return True
+
+    @handles(UnsettledAt)
+    def _unsettled_at(self, message: UnsettledAt) -> Any:
+        with orm.db_session:
+            return jobs.unsettled_at(self.db, message.target, message.origin)
+
+    @handles(RetargetJob)
+    def _retarget(self, message: RetargetJob) -> bool:
+        with orm.db_session:
+            return jobs.retarget(self.db, message.job_id, message.target, message.attempt)
+
+    @handles(ListUndelivered)
+    def _undelivered(self, _message: ListUndelivered) -> list[str]:
+        with orm.db_session:
+            return jobs.undelivered(self.db)
+
+    @handles(MarkDelivered)
+    def _delivered(self, message: MarkDelivered) -> None:
+        with orm.db_session:
+            jobs.mark_delivered(self.db, message.job_id)
 
     @handles(SavePeers)
     def _save_peers(self, message: SavePeers) -> None:

@@ -115,6 +115,9 @@ def detail_json(record: pb.JobRecord) -> dict[str, Any]:
             "stdout_truncated": result.stdout_truncated,
             "stderr_truncated": result.stderr_truncated,
             "error": result.error or None,
+            "attempt": job.attempt,
+            "retries": job.retries,
+            "notes": record.notes or None,
         }
     )
     return body

@@ -1,14 +1,17 @@
-"""Datagram framing: a 4-byte prefix, then one serialized `mesh.v1.Envelope`. No sockets here.
+"""Message framing: a 4-byte prefix, then one serialized `mesh.v1.Envelope`. No sockets here.
 
-    b"WM" | version (1 byte, now 1) | flags (1 byte, 0 = plain) | Envelope bytes
+    datagram (UDP discovery):  b"WM" | version (1 byte, now 1) | flags (1 byte, 0 = plain) | Envelope
+    frame (TCP mesh port):     length (4 bytes, big-endian, of what follows) | the same as a datagram
 
 The prefix lets a node recognise foreign traffic on its port and drop it before parsing; the size
-is checked before anything else. Decoding raises Dropped with a short reason that nodes count.
+is checked before anything else (a frame's length before anything is allocated). Decoding raises
+Dropped with a short reason that nodes count.
 """
 
 from __future__ import annotations
 
 import re
+import struct
 from dataclasses import dataclass, field
 
 from google.protobuf.message import DecodeError
@@ -20,6 +23,8 @@ VERSION = 1
 FLAGS_PLAIN = 0
 PREFIX = MAGIC + bytes([VERSION, FLAGS_PLAIN])
 MAX_DATAGRAM = 8192  # heartbeats are a few hundred bytes; anything near this is not ours
+MAX_FRAME = 4 * 1024 * 1024  # a result carries at most 1 MiB of stdout and 1 MiB of stderr
+FRAME_HEADER = struct.Struct(">I")
 NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 DROP_REASONS = (
@@ -88,11 +93,27 @@ def envelope(sender_id: str, incarnation: int, sequence: int) -> pb.Envelope:
     return env
 
 
-def decode(data: bytes) -> pb.Envelope:
-    """Parse one datagram; raises Dropped. Checks size and prefix before parsing anything."""
+def encode_frame(envelope: pb.Envelope) -> bytes:
+    """Frame an envelope for the mesh port; ValueError if it exceeds MAX_FRAME."""
+    body = PREFIX + envelope.SerializeToString()
+    if len(body) > MAX_FRAME:
+        raise ValueError(f"message of {len(body)} bytes exceeds the {MAX_FRAME}-byte frame limit")
+    return FRAME_HEADER.pack(len(body)) + body
+
+
+def frame_length(header: bytes) -> int:
+    """The length announced by a frame header; raises Dropped before anything is allocated."""
+    (length,) = FRAME_HEADER.unpack(header)
+    if length > MAX_FRAME:
+        raise Dropped("too_large", f"frame of {length} bytes")
+    return length
+
+
+def decode(data: bytes, limit: int = MAX_DATAGRAM) -> pb.Envelope:
+    """Parse one datagram (or frame body); raises Dropped. Size and prefix are checked first."""
     if not data:
         raise Dropped("empty")
-    if len(data) > MAX_DATAGRAM:
+    if len(data) > limit:
         raise Dropped("too_large", f"{len(data)} bytes")
     if len(data) < len(PREFIX) or data[:2] != MAGIC:
         raise Dropped("bad_magic")

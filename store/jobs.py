@@ -43,6 +43,7 @@ def insert_job(db: orm.Database, job: pb.Job) -> None:
         created_at=_naive(from_timestamp(job.created_at)),
         retries=job.retries,
         attempt=job.attempt or 1,
+        delivered=True,
     )
 
 
@@ -63,12 +64,13 @@ def _to_job(row: Any) -> pb.Job:
 
 
 def _to_record(row: Any, *, with_output: bool) -> pb.JobRecord:
-    record = pb.JobRecord(job=_to_job(row))
+    record = pb.JobRecord(job=_to_job(row), notes=row.notes)
     result = record.result
     result.job_id = row.job_id
     result.executor_node_id = row.executor_node
     result.status = pb.JobStatus.Value(row.status)
     result.error = row.error
+    result.attempt = row.attempt
     if row.exit_code is not None:
         result.exit_code = row.exit_code
         result.has_exit_code = True
@@ -106,10 +108,13 @@ def count_by_status(db: orm.Database) -> dict[str, int]:
     return counts
 
 
-def mark_running(db: orm.Database, job_id: str, executor_node: str, started_at: datetime) -> bool:
-    """PENDING → RUNNING; False (and nothing changed) if the job is unknown or already final."""
+def mark_running(
+    db: orm.Database, job_id: str, executor_node: str, started_at: datetime, attempt: int = 0
+) -> bool:
+    """PENDING → RUNNING; False (and nothing changed) if the job is unknown, already final, or
+    `attempt` (when given) is older than the job's current attempt."""
     row = db.Job.get(job_id=job_id)
-    if row is None or pb.JobStatus.Value(row.status) in FINAL_STATUSES:
+    if row is None or pb.JobStatus.Value(row.status) in FINAL_STATUSES or (attempt and attempt < row.attempt):
         return False
     row.status = status_name(pb.JOB_RUNNING)
     row.executor_node = executor_node
@@ -117,19 +122,39 @@ def mark_running(db: orm.Database, job_id: str, executor_node: str, started_at: 
     return True
 
 
-def finish_job(db: orm.Database, result: pb.JobResult) -> bool:
+def _describe(result: pb.JobResult) -> str:
+    code = f" exit {result.exit_code}" if result.has_exit_code else ""
+    executor = result.executor_node_id or "unknown"
+    return f"{status_name(result.status)}{code} from {executor} (attempt {result.attempt})"
+
+
+def _note(row: Any, text: str) -> None:
+    row.notes = (row.notes + "\n" if row.notes else "") + text[:500]
+
+
+def finish_job(db: orm.Database, result: pb.JobResult, own_node: str = "") -> bool:
     """Record a final result. Returns True if it settled the job.
 
     The first final status wins: a later result for a settled job only fills in output, exit code
-    and times that the first one lacked (a cancel is settled at once; its process's output follows).
+    and times that the first one lacked (a cancel is settled at once; its process's output follows)
+    and is noted. A result of an older attempt (the job was routed again since) changes nothing but
+    the notes. On the executor of a job created elsewhere (`own_node` given), the result is marked
+    undelivered until the origin acknowledges it.
     """
     row = db.Job.get(job_id=result.job_id)
     if row is None:
+        return False
+    if result.attempt and result.attempt < row.attempt:
+        _note(row, f"late result ignored: {_describe(result)}")
         return False
     settled = pb.JobStatus.Value(row.status) in FINAL_STATUSES
     if not settled:
         row.status = status_name(result.status)
         row.error = result.error
+    elif result.status != pb.JobStatus.Value(row.status) and result.executor_node_id:
+        _note(row, f"late result kept, status unchanged: {_describe(result)}")
+    if own_node and row.created_by_node and row.created_by_node != own_node:
+        row.delivered = False
     if result.executor_node_id:
         row.executor_node = result.executor_node_id
     if result.has_exit_code:
@@ -149,12 +174,55 @@ def finish_job(db: orm.Database, result: pb.JobResult) -> bool:
 
 
 def recover_after_restart(db: orm.Database, node_id: str, now: datetime) -> list[pb.Job]:
-    """Fail the jobs this node was running when it died; return its pending jobs, oldest first."""
+    """After a crash: fail the jobs this node was running, and the jobs other nodes had handed to it
+    (their origins route them again or take the failure); return its own pending jobs, oldest first."""
     running = status_name(pb.JOB_RUNNING)
     pending = status_name(pb.JOB_PENDING)
-    for row in db.Job.select(lambda j: j.status == running and j.executor_node == node_id):
-        row.status = status_name(pb.JOB_FAILED)
+    failed = status_name(pb.JOB_FAILED)
+    lost = list(db.Job.select(lambda j: j.status == running and j.executor_node == node_id))
+    handed_to_us = db.Job.select(lambda j: j.status == pending and j.target_node == node_id)
+    lost += [row for row in handed_to_us if row.created_by_node and row.created_by_node != node_id]
+    for row in lost:
+        row.status = failed
         row.error = RESTART_REASON
         row.finished_at = _naive(now)
+        if row.created_by_node and row.created_by_node != node_id:
+            row.delivered = False
     rows = db.Job.select(lambda j: j.status == pending and j.target_node == node_id)
     return [_to_job(row) for row in rows.order_by(db.Job.created_at)]
+
+
+def unsettled_at(db: orm.Database, target: str, origin: str) -> list[pb.Job]:
+    """Jobs `origin` created that wait on node `target` (PENDING or RUNNING there), oldest first."""
+    final = [status_name(s) for s in FINAL_STATUSES]
+    rows = db.Job.select(
+        lambda j: j.target_node == target and j.created_by_node == origin and j.status not in final
+    )
+    return [_to_job(row) for row in rows.order_by(db.Job.created_at)]
+
+
+def retarget(db: orm.Database, job_id: str, target: str, attempt: int) -> bool:
+    """Send a job that is not final to `target` as attempt `attempt` (PENDING again)."""
+    row = db.Job.get(job_id=job_id)
+    if row is None or pb.JobStatus.Value(row.status) in FINAL_STATUSES:
+        return False
+    row.set(
+        target_node=target,
+        attempt=attempt,
+        status=status_name(pb.JOB_PENDING),
+        executor_node="",
+        started_at=None,
+    )
+    return True
+
+
+def undelivered(db: orm.Database) -> list[str]:
+    """Ids of results this node owes to other nodes (final, not yet acknowledged), oldest first."""
+    rows = db.Job.select(lambda j: not j.delivered).order_by(db.Job.finished_at)
+    return [row.job_id for row in rows]
+
+
+def mark_delivered(db: orm.Database, job_id: str) -> None:
+    row = db.Job.get(job_id=job_id)
+    if row is not None:
+        row.delivered = True

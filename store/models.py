@@ -39,6 +39,9 @@ def open_database(path: Path) -> orm.Database:
         error = orm.Optional(str, default="")
         retries = orm.Required(int, default=0)
         attempt = orm.Required(int, default=1)
+        # On the executor of a job created elsewhere: False until the origin has acknowledged the result.
+        delivered = orm.Required(bool, default=True, index=True)
+        notes = orm.Optional(str, default="")  # late results and other facts worth showing
 
     class Peer(db.Entity):  # type: ignore[name-defined]
         _table_ = "peers"

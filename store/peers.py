@@ -36,8 +36,8 @@ def save_peers(db: orm.Database, peers: tuple[Any, ...]) -> None:
             row.set(**fields)
 
 
-def load_peers(db: orm.Database) -> list[tuple[Heartbeat, datetime]]:
-    """Every remembered peer as (its last heartbeat, when it was last heard)."""
+def load_peers(db: orm.Database) -> list[tuple[Heartbeat, datetime, str]]:
+    """Every remembered peer as (its last heartbeat, when it was last heard, its state then)."""
     remembered = []
     for row in db.Peer.select():
         host, _, port = row.address.rpartition(":")
@@ -54,5 +54,5 @@ def load_peers(db: orm.Database) -> list[tuple[Heartbeat, datetime]]:
             version=row.version,
             metadata=tuple(sorted((row.metadata or {}).items())),
         )
-        remembered.append((hb, row.last_seen.replace(tzinfo=UTC)))
+        remembered.append((hb, row.last_seen.replace(tzinfo=UTC), row.status))
     return remembered

@@ -173,3 +173,14 @@ def test_counts_by_state() -> None:
     peers.observe(heartbeat(node_id="node-c", api_port=2), 0.0, WALL)
     peers.leave("node-c", 1, 1.0, WALL)
     assert peers.counts() == {"alive": 1, "unconfirmed": 0, "failed": 0, "left": 1}
+
+
+def test_peers_remembered_as_failed_or_left_are_not_listed_as_live_after_a_restart() -> None:
+    peers = table()
+    peers.load(heartbeat(node_id="node-b", api_port=1), WALL, 0.0, "LEFT")
+    peers.load(heartbeat(node_id="node-c", api_port=2), WALL, 0.0, "FAILED")
+    assert peers.peers() == []
+    assert {p.node_id: p.state for p in peers.peers(include_all=True)} == {
+        "node-b": PeerState.LEFT,
+        "node-c": PeerState.FAILED,
+    }

@@ -13,6 +13,7 @@ import bottle
 
 from actors.config import MAX_BODY_BYTES
 from actors.logs import get_logger
+from actors.messages import Refusal
 from proto import codec
 from proto.codec import pb
 from web import openapi
@@ -23,9 +24,12 @@ from web.validation import (
     job_id_param,
     list_params,
     parse_json_object,
+    pinned_node,
+    wait_param,
 )
 
 PREFIX = "/api/v1"
+_REFUSAL_STATUS = {"not_found": 404, "conflict": 409, "unavailable": 503}
 
 
 class Unavailable(Exception):
@@ -37,8 +41,9 @@ class Backend(Protocol):
 
     node_id: str
 
-    def submit(self, job: pb.Job) -> pb.Job: ...
-    def get_job(self, job_id: str) -> pb.JobRecord | None: ...
+    def submit(self, job: pb.Job, pinned: str | None = None) -> pb.Job: ...
+    def get_job(self, job_id: str, wait: float = 0.0) -> pb.JobRecord | None: ...
+    def set_draining(self, draining: bool) -> str: ...
     def list_jobs(self, limit: int, status: int | None) -> list[pb.JobRecord]: ...
     def cancel(self, job_id: str) -> Any: ...
     def status(self) -> dict[str, Any]: ...
@@ -78,7 +83,8 @@ def _read_body() -> bytes:
 
 def make_app(backend: Backend) -> bottle.Bottle:
     """Build the WSGI app over `backend`."""
-    app = bottle.Bottle(catchall=True, autojson=False)
+    app = bottle.Bottle(catchall=True)
+    app.config["json.enable"] = False  # every route returns its own JSON response
     log = get_logger(node_id=backend.node_id, component="api")
     for status in (400, 404, 405, 413, 500):
         app.error_handler[status] = _error_page
@@ -91,6 +97,9 @@ def make_app(backend: Backend) -> bottle.Bottle:
                     return handler(*args, **kwargs)
                 except ApiError as exc:
                     return _respond(exc.status, exc.body())
+                except Refusal as exc:
+                    status = _REFUSAL_STATUS.get(exc.kind, 409)
+                    return _respond(status, {"error": {"code": exc.code, "message": exc.message}})
                 except Unavailable as exc:
                     return _respond(
                         503, {"error": {"code": "unavailable", "message": str(exc)}}, **{"Retry-After": "1"}
@@ -122,8 +131,9 @@ def make_app(backend: Backend) -> bottle.Bottle:
     @route("/jobs", "POST")
     def submit() -> Any:
         check_json_content_type(bottle.request.content_type)
-        job = job_from_body(parse_json_object(_read_body()), backend.node_id)
-        stored = backend.submit(job)
+        body = parse_json_object(_read_body())
+        job = job_from_body(body, backend.node_id)
+        stored = backend.submit(job, pinned_node(body))
         return _respond(202, codec.submitted_json(stored), Location=f"{PREFIX}/jobs/{stored.job_id}")
 
     @route("/jobs")
@@ -133,7 +143,7 @@ def make_app(backend: Backend) -> bottle.Bottle:
 
     @route("/jobs/<job_id>")
     def get_job(job_id: str) -> Any:
-        record = backend.get_job(job_id_param(job_id))
+        record = backend.get_job(job_id_param(job_id), wait_param(bottle.request.query))
         if record is None:
             raise ApiError(404, "job_not_found", f"no job {job_id!r}")
         return _respond(200, codec.detail_json(record))
@@ -143,10 +153,18 @@ def make_app(backend: Backend) -> bottle.Bottle:
         outcome = backend.cancel(job_id_param(job_id))
         if not outcome.found:
             raise ApiError(404, "job_not_found", f"no job {job_id!r}")
-        if outcome.record.job.status != pb.JOB_CANCELLED:
+        if outcome.already_final or outcome.record.job.status != pb.JOB_CANCELLED:
             name = codec.status_name(outcome.record.job.status)
-            raise ApiError(409, "job_finished", f"job already finished with {name}", status=name)
+            raise ApiError(409, "job_finished", f"job already finished with {name}", job_status=name)
         return _respond(200, codec.detail_json(outcome.record))
+
+    @route("/drain", "POST")
+    def drain() -> Any:
+        return _respond(200, {"node_id": backend.node_id, "status": backend.set_draining(True)})
+
+    @route("/resume", "POST")
+    def resume() -> Any:
+        return _respond(200, {"node_id": backend.node_id, "status": backend.set_draining(False)})
 
     @route("/openapi.json")
     def spec() -> Any:

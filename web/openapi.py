@@ -13,7 +13,7 @@ from actors.config import (
     VERSION,
 )
 from proto.codec import JOB_STATUS_NAMES
-from web.validation import MAX_COMMAND_BYTES
+from web.validation import MAX_COMMAND_BYTES, MAX_RETRIES, MAX_WAIT_SECONDS
 
 _TIME = {"type": ["string", "null"], "format": "date-time"}
 
@@ -44,6 +44,10 @@ _SCHEMAS: dict[str, Any] = {
                     "code": {"type": "string"},
                     "message": {"type": "string"},
                     "field": {"type": "string", "description": "the request field at fault (400)"},
+                    "job_status": {
+                        "$ref": "#/components/schemas/JobStatus",
+                        "description": "the final status (409)",
+                    },
                 },
             }
         },
@@ -71,6 +75,19 @@ _SCHEMAS: dict[str, Any] = {
                 "minimum": 1,
                 "maximum": MAX_TIMEOUT_SECONDS,
                 "default": DEFAULT_TIMEOUT_SECONDS,
+            },
+            "target_node": {
+                "type": "string",
+                "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$",
+                "description": "pin the job to this node (this node's own id allowed); 404 if unknown, "
+                "409 if not live or draining",
+            },
+            "retries": {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": MAX_RETRIES,
+                "default": 0,
+                "description": "how many times the job may be routed again if its executor is lost after it started",
             },
         },
     },
@@ -118,6 +135,9 @@ _SCHEMAS: dict[str, Any] = {
                     "stdout_truncated": {"type": "boolean"},
                     "stderr_truncated": {"type": "boolean"},
                     "error": {"type": ["string", "null"]},
+                    "attempt": {"type": "integer", "description": "1 for the first dispatch"},
+                    "retries": {"type": "integer"},
+                    "notes": {"type": ["string", "null"], "description": "late results and similar facts"},
                 },
             },
         ]
@@ -145,7 +165,33 @@ _SCHEMAS: dict[str, Any] = {
             "jobs": {"type": "object", "additionalProperties": {"type": "integer"}},
         },
     },
-    "Peer": {"type": "object"},
+    "DrainState": {
+        "type": "object",
+        "properties": {
+            "node_id": {"type": "string"},
+            "status": {"type": "string", "enum": ["IDLE", "BUSY", "DRAINING"]},
+        },
+    },
+    "Peer": {
+        "type": "object",
+        "properties": {
+            "node_id": {"type": "string"},
+            "address": {"type": "string", "description": "host:mesh_port"},
+            "api_url": {"type": ["string", "null"]},
+            "status": {
+                "type": "string",
+                "enum": ["IDLE", "BUSY", "DRAINING", "UNCONFIRMED", "FAILED", "LEFT"],
+            },
+            "last_heartbeat": {"type": "string", "format": "date-time"},
+            "last_seen_seconds_ago": {"type": "number"},
+            "running": {"type": "integer"},
+            "queued": {"type": "integer"},
+            "capacity": {"type": "integer"},
+            "version": {"type": "string"},
+            "incarnation": {"type": "integer"},
+            "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+        },
+    },
 }
 
 _UNAVAILABLE = _error("an actor of the node did not answer in time; retry")
@@ -234,10 +280,18 @@ def document() -> dict[str, Any]:
             },
             "/api/v1/jobs/{job_id}": {
                 "get": {
-                    "summary": "one job with its output",
-                    "parameters": [_JOB_ID],
+                    "summary": "one job with its output; ?wait=N waits up to N s for a final status",
+                    "parameters": [
+                        _JOB_ID,
+                        {
+                            "name": "wait",
+                            "in": "query",
+                            "schema": {"type": "number", "minimum": 0, "maximum": MAX_WAIT_SECONDS},
+                        },
+                    ],
                     "responses": {
-                        "200": _json(_ref("Job"), "the job"),
+                        "200": _json(_ref("Job"), "the job (still not final if the wait ran out)"),
+                        "400": _error("bad wait"),
                         "404": _error("no such job"),
                         "503": _UNAVAILABLE,
                     },
@@ -252,6 +306,21 @@ def document() -> dict[str, Any]:
                         "503": _UNAVAILABLE,
                     },
                 },
+            },
+            "/api/v1/drain": {
+                "post": {
+                    "summary": "stop taking jobs: peers stop sending work here, running jobs finish",
+                    "responses": {"200": _json(_ref("DrainState"), "now DRAINING"), "503": _UNAVAILABLE},
+                }
+            },
+            "/api/v1/resume": {
+                "post": {
+                    "summary": "take jobs again after a drain",
+                    "responses": {
+                        "200": _json(_ref("DrainState"), "IDLE or BUSY again"),
+                        "503": _UNAVAILABLE,
+                    },
+                }
             },
             "/api/v1/openapi.json": {
                 "get": {"summary": "this document", "responses": {"200": {"description": "OpenAPI 3.1"}}}

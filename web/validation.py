@@ -14,7 +14,10 @@ from web.errors import ApiError, bad_field
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Linux refuses a single exec argument of 128 KiB or more (MAX_ARG_STRLEN): say so up front.
 MAX_COMMAND_BYTES = 128 * 1024 - 1
-JOB_FIELDS = ("command", "env", "timeout_seconds")
+JOB_FIELDS = ("command", "env", "timeout_seconds", "target_node", "retries")
+MAX_RETRIES = 10
+MAX_WAIT_SECONDS = 300
+NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 
 def check_json_content_type(content_type: str | None) -> None:
@@ -95,12 +98,42 @@ def _check_surrogates(field: str, text: str) -> None:
         raise bad_field(field, "contains an unpaired surrogate (\\ud800-\\udfff)") from None
 
 
+def _retries(body: dict[str, Any]) -> int:
+    value = body.get("retries", 0)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise bad_field("retries", "must be an integer")
+    if not 0 <= value <= MAX_RETRIES:
+        raise bad_field("retries", f"must be between 0 and {MAX_RETRIES}")
+    return value
+
+
+def pinned_node(body: dict[str, Any]) -> str | None:
+    """The `target_node` a job is pinned to, if any."""
+    value = body.get("target_node")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not NODE_ID.fullmatch(value):
+        raise bad_field("target_node", "must be a node id such as node-3fa9c1")
+    return value
+
+
+def wait_param(query: Any) -> float:
+    """Seconds GET /jobs/<id>?wait=N may wait for a final status (0 = answer at once)."""
+    raw = query.get("wait")
+    if raw is None:
+        return 0.0
+    if not re.fullmatch(r"\d{1,6}(\.\d{1,3})?", raw.strip()) or float(raw) > MAX_WAIT_SECONDS:
+        raise bad_field("wait", f"must be a number of seconds from 0 to {MAX_WAIT_SECONDS}")
+    return float(raw)
+
+
 def job_from_body(body: dict[str, Any], node_id: str) -> pb.Job:
-    """A new PENDING pb.Job from a POST /jobs body."""
+    """A new PENDING pb.Job from a POST /jobs body (see pinned_node for `target_node`)."""
     unknown = sorted(set(body) - set(JOB_FIELDS))
     if unknown:
         raise bad_field(unknown[0], f"unknown field (allowed: {', '.join(JOB_FIELDS)})")
-    command, env, timeout = _command(body), _env(body), _timeout(body)
+    command, env, timeout, retries = _command(body), _env(body), _timeout(body), _retries(body)
+    pinned_node(body)
     _check_surrogates("command", command)
     for name, value in env.items():
         _check_surrogates("env", name + value)
@@ -111,6 +144,7 @@ def job_from_body(body: dict[str, Any], node_id: str) -> pb.Job:
         timeout_seconds=timeout,
         status=pb.JOB_PENDING,
         created_by_node=node_id,
+        retries=retries,
         attempt=1,
     )
     job.created_at.CopyFrom(to_timestamp(utcnow()))
