@@ -87,7 +87,7 @@ _SCHEMAS: dict[str, Any] = {
                 "minimum": 0,
                 "maximum": MAX_RETRIES,
                 "default": 0,
-                "description": "how many times the job may be routed again if its executor is lost after it started",
+                "description": "times the job may be routed again if its executor is lost after it started",
             },
         },
     },
