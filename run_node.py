@@ -68,6 +68,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="jobs run at once; the rest wait as JOB_PENDING (default: CPU count, here %(default)s)",
     )
     parser.add_argument(
+        "--mesh-host",
+        default="127.0.0.1",
+        help="address the mesh port (TCP: job hand-off and results) binds (default 127.0.0.1)",
+    )
+    parser.add_argument(
+        "--mesh-port",
+        default="0",
+        help="TCP port for job hand-off and results between nodes (default 0: any free port, "
+        "announced in heartbeats)",
+    )
+    parser.add_argument(
         "--discovery-port",
         default=os.environ.get("DISCOVERY_PORT", "8080"),
         help="UDP port for heartbeats, shared by every node on a host (default 8080; DISCOVERY_PORT)",
@@ -121,6 +132,7 @@ def parse_config(argv: list[str]):
     args = parser.parse_args(argv)
     try:
         api_port = parse_port(args.api_port, "--api-port", allow_zero=True)
+        mesh_port = parse_port(args.mesh_port, "--mesh-port", allow_zero=True)
         discovery_port = parse_port(args.discovery_port, "--discovery-port / DISCOVERY_PORT")
         interval = parse_duration(args.heartbeat_interval, "--heartbeat-interval / HEARTBEAT_INTERVAL")
         peer_timeout = parse_duration(args.peer_timeout, "--peer-timeout / PEER_TIMEOUT")
@@ -158,6 +170,8 @@ def parse_config(argv: list[str]):
         api_port=api_port,
         max_jobs=args.max_jobs,
         discovery_port=discovery_port,
+        mesh_host=args.mesh_host,
+        mesh_port=mesh_port,
         broadcast=broadcast,
         labels=tuple(labels),
         timing=Timing(heartbeat_interval=interval, peer_timeout=peer_timeout),
