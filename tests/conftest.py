@@ -47,7 +47,9 @@ def no_leaked_actors_or_threads() -> Iterator[None]:
 @pytest.fixture
 def node_factory(tmp_path: Path) -> Iterator[Callable[..., Node]]:
     """Start in-process nodes on free ports with fast timing; every node is stopped at teardown."""
-    from actors.node import Node  # late: the pure tiers must not need the whole node to import
+    # Late imports: the pure tiers must not need the whole node to import.
+    from actors.node import Node
+    from actors.transport import MemoryNetwork
 
     nodes: list[Node] = []
 
@@ -59,7 +61,8 @@ def node_factory(tmp_path: Path) -> Iterator[Callable[..., Node]]:
             "timing": FAST_TIMING,
         }
         settings.update(overrides)
-        node = Node(NodeConfig(**settings))
+        # Discovery over an in-memory network: in-process nodes open no UDP socket at all.
+        node = Node(NodeConfig(**settings), transport=MemoryNetwork().transport())
         nodes.append(node)
         return node.start()
 
