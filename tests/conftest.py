@@ -11,8 +11,8 @@ import pykka
 import pytest
 
 from actors.config import NodeConfig, Timing
-from tests.helpers import wait_for
-from tests.nodeproc import NodeProcess
+from tests.helpers import free_udp_port, wait_for
+from tests.nodeproc import DEFAULT, NodeProcess
 
 if TYPE_CHECKING:
     from actors.node import Node
@@ -25,7 +25,6 @@ FAST_TIMING = Timing(
     shutdown_grace=0.5,
 )
 THREAD_GRACE = 5.0  # how long threads get to end after their actors stopped
-DEFAULT = Path("<run_node.py default>")  # node_process(data_dir=DEFAULT): no --data-dir flag
 
 
 @pytest.fixture(autouse=True)
@@ -81,11 +80,13 @@ def node_process(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
         """`data_dir=None` gives the node its own fresh directory unless `--data-dir` is in args;
         pass `data_dir=DEFAULT` to let run_node.py pick its default under `cwd`."""
         argv = list(args)
-        if "--api-port" not in argv:
+        if "--api-port" not in argv and "-api-port" not in argv:
             argv += ["--api-port", "0"]
+        if "--discovery-port" not in argv:  # its own UDP port: these nodes must not find each other
+            argv += ["--discovery-port", str(free_udp_port())]
         if data_dir is None and "--data-dir" not in argv:
             data_dir = tmp_path / f"data-{len(started)}"
-        if data_dir is not None and data_dir is not DEFAULT:
+        if data_dir is not None and data_dir != DEFAULT:
             argv += ["--data-dir", str(data_dir)]
         node = NodeProcess(argv, cwd=cwd or tmp_path, log_dir=tmp_path / "logs")
         started.append(node)

@@ -31,6 +31,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def free_udp_port() -> int:
+    """A UDP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def live_pids_in_group(pgid: int) -> list[int]:
     """Pids of processes in process group `pgid` that are still running (zombies do not count)."""
     pids = []

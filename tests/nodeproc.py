@@ -13,6 +13,9 @@ from typing import Any
 from tests.helpers import wait_for
 
 RUN_NODE = Path(__file__).resolve().parent.parent / "run_node.py"
+# Settings a node reads from its environment: the caller's own values must not leak into a test.
+NODE_VARIABLES = frozenset({"LOG_LEVEL", "DISCOVERY_PORT", "HEARTBEAT_INTERVAL", "PEER_TIMEOUT"})
+DEFAULT = Path("<run_node.py default>")  # node_process(data_dir=DEFAULT): no --data-dir flag
 
 
 class NodeProcess:
@@ -28,7 +31,7 @@ class NodeProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 15.0) -> NodeProcess:
-        env = {k: v for k, v in os.environ.items() if k != "LOG_LEVEL"}
+        env = {k: v for k, v in os.environ.items() if k not in NODE_VARIABLES}
         with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, str(RUN_NODE), *self.args],
