@@ -107,6 +107,41 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="a label announced in this node's heartbeat metadata, repeatable",
     )
+    security = parser.add_argument_group("security (see README: Security)")
+    security.add_argument(
+        "--lan",
+        action="store_true",
+        help="join a LAN mesh: heartbeats to every local network's broadcast address, mesh port on "
+        "0.0.0.0; needs a mesh key (or --insecure)",
+    )
+    security.add_argument(
+        "--key-file",
+        metavar="PATH",
+        help="mesh key file, base64 keys one per line: the first seals, all open (MESH_KEY holds the same "
+        "inline, comma-separated); re-read on SIGHUP. Make one with: run_node.py keygen",
+    )
+    security.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a LAN mesh without a key, or an API beyond loopback without a token (logged loudly)",
+    )
+    security.add_argument(
+        "--api-token-file",
+        metavar="PATH",
+        help="every API route but /health then needs Authorization: Bearer <token> (also MESH_API_TOKEN)",
+    )
+    security.add_argument("--tls-cert", metavar="PATH", help="serve the API over HTTPS with this certificate")
+    security.add_argument("--tls-key", metavar="PATH", help="the private key of --tls-cert")
+    security.add_argument(
+        "--run-as", metavar="USER", help="run jobs as this user (the node must run as root)"
+    )
+    security.add_argument(
+        "--allow-commands",
+        action="append",
+        default=[],
+        metavar="REGEX",
+        help="run only commands that fully match one of these patterns (repeatable); others get 403",
+    )
     parser.add_argument(
         "--log-format",
         choices=("json", "console"),
@@ -125,6 +160,7 @@ def parse_config(argv: list[str]):
     """Options → NodeConfig; raises SystemExit(2) with one line on stderr for a bad value."""
     import ipaddress
 
+    from actors import security
     from actors.config import ConfigError, NodeConfig, Timing, parse_duration, parse_port
     from actors.logs import LEVELS
 
@@ -147,6 +183,18 @@ def parse_config(argv: list[str]):
                 ipaddress.IPv4Address(address)
             except ValueError:
                 raise ConfigError(f"--broadcast: {address!r} is not an IPv4 address") from None
+        keys = security.load_keys(args.key_file, os.environ.get("MESH_KEY"))
+        token = security.load_token(args.api_token_file, os.environ.get("MESH_API_TOKEN"))
+        mesh_host = args.mesh_host
+        if args.lan:
+            broadcast = tuple(args.broadcast or security.lan_broadcasts())
+            mesh_host = "0.0.0.0" if args.mesh_host == "127.0.0.1" else args.mesh_host
+        warnings = security.check_exposure(
+            broadcast, mesh_host, args.api_host, bool(keys), token is not None, args.insecure
+        )
+        tls_cert, tls_key = security.check_tls(args.tls_cert, args.tls_key)
+        run_as = security.check_run_as(args.run_as)
+        allow = security.check_patterns(args.allow_commands)
         labels = []
         for label in args.label:
             key, sep, value = label.partition("=")
@@ -170,31 +218,50 @@ def parse_config(argv: list[str]):
         api_port=api_port,
         max_jobs=args.max_jobs,
         discovery_port=discovery_port,
-        mesh_host=args.mesh_host,
+        mesh_host=mesh_host,
         mesh_port=mesh_port,
         broadcast=broadcast,
         labels=tuple(labels),
         timing=Timing(heartbeat_interval=interval, peer_timeout=peer_timeout),
+        keys=keys,
+        key_file=Path(args.key_file).resolve() if args.key_file else None,
+        insecure=args.insecure,
+        api_token=token,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        run_as=run_as,
+        allow_commands=allow,
     )
+    args.warnings = warnings
     return config, args
 
 
 def main(argv: list[str] | None = None) -> int:
-    config, args = parse_config(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["keygen"]:
+        from proto.seal import generate_key
+
+        print(generate_key())  # a new random 32-byte mesh key, base64
+        return 0
+    config, args = parse_config(argv)
     from actors import logs
     from actors.node import Node, StartError
     from store.datadir import DataDirError
 
     logs.configure(level=args.log_level.lower(), fmt=args.log_format)
-    stop = threading.Event()
+    stop, reload = threading.Event(), threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
         if stop.is_set():
             os._exit(128 + signum)  # second signal: leave now
         stop.set()
 
+    def on_hangup(_signum: int, _frame: object) -> None:
+        reload.set()
+
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_hangup)
 
     node = Node(config)
     try:
@@ -209,8 +276,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run_node.py: error: the node could not start: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        while not stop.wait(1.0):
-            pass
+        while not stop.wait(0.2):
+            if reload.is_set():
+                reload.clear()
+                node.reload_keys()
     finally:
         node.log.info("node_stopping")
         node.stop()

@@ -30,6 +30,7 @@ from actors.messages import (
     SubmitJob,
 )
 from actors.peers import peer_json
+from actors.security import security_status
 from actors.settled import SettledWatch
 from proto.codec import FINAL_STATUSES, node_status_name, pb
 from web.app import Unavailable, make_app
@@ -110,6 +111,7 @@ class ActorBackend:
             "peers": self._ask(self.registry, GetPeerCounts()),
             "discovery": self._ask(self.discovery, GetDiscoveryStats()),
             "mesh": {**(self.mesh.snapshot() if self.mesh else {}), **dispatch},
+            "security": security_status(self.config),
         }
 
     def peers(self, include_all: bool) -> list[dict[str, Any]]:
@@ -122,13 +124,17 @@ class ApiActor(MeshActor):
         super().__init__(node_id=backend.node_id)
         self.server = wsgi.Server(
             (config.api_host, config.api_port),
-            make_app(backend),
+            make_app(backend, config.api_token),
             numthreads=config.api_threads,
             server_name="worker-mesh",
             timeout=10,
             shutdown_timeout=1,
             request_queue_size=64,
         )
+        if config.tls_cert is not None:
+            from cheroot.ssl.builtin import BuiltinSSLAdapter
+
+            self.server.ssl_adapter = BuiltinSSLAdapter(str(config.tls_cert), str(config.tls_key))
         self.server.prepare()  # binds now: a busy port raises here, in the starting thread
         self.thread = threading.Thread(target=self.server.serve, name="api-server", daemon=True)
 

@@ -76,5 +76,14 @@ class NodeConfig:
     labels: tuple[tuple[str, str], ...] = ()
     mesh_host: str = "127.0.0.1"
     mesh_port: int = 0  # 0: any free port, announced in heartbeats
+    # Security (see proto/seal.py and the README): keys never appear in reprs or logs.
+    keys: tuple[bytes, ...] = field(default=(), repr=False)  # first seals, all open; () = unsealed
+    key_file: Path | None = None  # re-read on SIGHUP
+    insecure: bool = False  # allow LAN use without a key / a public API without a token
+    api_token: str | None = field(default=None, repr=False)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    run_as: str | None = None  # user jobs run as (the node must be root)
+    allow_commands: tuple[str, ...] = ()  # regexes; a command must fully match one (empty: all)
     timing: Timing = field(default_factory=Timing)
     version: str = VERSION

@@ -46,6 +46,7 @@ class ResultCourierActor(MeshActor):
         store: pykka.ActorRef[Any],
         registry: pykka.ActorRef[Any],
         timing: Timing,
+        channel: wire.Channel | None = None,
     ) -> None:
         super().__init__(node_id=node_id)
         self.node_id = node_id
@@ -53,7 +54,7 @@ class ResultCourierActor(MeshActor):
         self.store = store
         self.registry = registry
         self.timing = timing
-        self.sequence = 0
+        self.channel = channel or wire.Channel(node_id, incarnation)
         self.due: dict[str, tuple[float, int]] = {}  # job id → (when to try next, failures so far)
         self.sending: set[str] = set()
         self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="courier")
@@ -111,7 +112,7 @@ class ResultCourierActor(MeshActor):
         update.job_id, update.status, update.executor_node_id = job.job_id, pb.JOB_RUNNING, self.node_id
         update.attempt = job.attempt
         update.started_at.CopyFrom(to_timestamp(message.started_at))
-        self.pool.submit(ask_peer, address, envelope, self.timing.mesh_timeout)
+        self.pool.submit(ask_peer, address, envelope, self.timing.mesh_timeout, self.channel)
 
     # -- internals ------------------------------------------------------------------------------
 
@@ -131,7 +132,7 @@ class ResultCourierActor(MeshActor):
         envelope.job_result.result.executor_node_id = self.node_id
         self.sending.add(job_id)
         ref = self.actor_ref
-        future = self.pool.submit(ask_peer, address, envelope, self.timing.mesh_timeout)
+        future = self.pool.submit(ask_peer, address, envelope, self.timing.mesh_timeout, self.channel)
 
         def done(f: Future[tuple[bool, str]]) -> None:
             ok, reason = (False, "cancelled") if f.cancelled() else f.result()
@@ -154,8 +155,7 @@ class ResultCourierActor(MeshActor):
         return None
 
     def _envelope(self) -> pb.Envelope:
-        self.sequence += 1
-        return wire.envelope(self.node_id, self.incarnation, self.sequence)
+        return self.channel.envelope()
 
     def _close(self) -> None:
         if self.ticker is not None:

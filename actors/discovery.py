@@ -50,6 +50,7 @@ class DiscoveryActor(MeshActor):
         incarnation: int,
         registry: pykka.ActorRef[Any],
         transport: Any,
+        channel: wire.Channel | None = None,
     ) -> None:
         super().__init__(node_id=node_id)
         self.config = config
@@ -62,7 +63,7 @@ class DiscoveryActor(MeshActor):
         self.targets = [(address, config.discovery_port) for address in config.broadcast]
         self.load = Load(0, 0, config.max_jobs)
         self.draining = False
-        self.sequence = 0
+        self.channel = channel or wire.Channel(node_id, incarnation)
         self.metadata = {"hostname": socket.gethostname(), "pid": str(os.getpid()), **dict(config.labels)}
         self.stats: dict[str, Any] = {
             "heartbeats_sent": 0,
@@ -77,13 +78,13 @@ class DiscoveryActor(MeshActor):
         self.announcing = False
         self.last_reply = float("-inf")
         self.reply_timer: threading.Timer | None = None
-        wire.encode(self._heartbeat_envelope())  # labels too large for a datagram fail at start
+        self.channel.datagram(self._heartbeat_envelope())  # labels too large for a datagram fail at start
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     def on_start(self) -> None:
-        ref = self.actor_ref
-        self.transport.start(lambda data, host, now: _hand_over(ref, data, host, now))
+        ref, channel = self.actor_ref, self.channel
+        self.transport.start(lambda data, host, now: _hand_over(ref, channel, data, host, now))
 
     def on_stop(self) -> None:
         if self.announcing:
@@ -182,8 +183,7 @@ class DiscoveryActor(MeshActor):
         return pb.BUSY if self.load.full else pb.IDLE
 
     def _next_envelope(self) -> pb.Envelope:
-        self.sequence += 1
-        return wire.envelope(self.node_id, self.incarnation, self.sequence)
+        return self.channel.envelope()
 
     def _heartbeat_envelope(self) -> pb.Envelope:
         env = self._next_envelope()
@@ -202,14 +202,14 @@ class DiscoveryActor(MeshActor):
         return env
 
     def _send_heartbeat(self, reason: str) -> None:
-        self._broadcast(wire.encode(self._heartbeat_envelope()))
+        self._broadcast(self.channel.datagram(self._heartbeat_envelope()))
         self.stats["heartbeats_sent"] += 1
         self.log.debug("heartbeat_sent", reason=reason, status=node_status_name(self._status()))
 
     def _leave(self, reason: str) -> None:
         env = self._next_envelope()
         env.leave.reason = reason
-        self._broadcast(wire.encode(env))
+        self._broadcast(self.channel.datagram(env))
         self.stats["leaves_sent"] += 1
         self.announcing = False
         self._stop_timers()
@@ -264,10 +264,10 @@ class DiscoveryActor(MeshActor):
         self.transport.close()
 
 
-def _hand_over(ref: pykka.ActorRef[Any], data: bytes, host: str, now: float) -> None:
+def _hand_over(ref: pykka.ActorRef[Any], channel: wire.Channel, data: bytes, host: str, now: float) -> None:
     """On the transport's reader thread: decode, then tell the actor what arrived (never raises)."""
     try:
-        message: Any = EnvelopeReceived(wire.decode(data), host, now)
+        message: Any = EnvelopeReceived(channel.open(data), host, now)
     except wire.Dropped as exc:
         message = DatagramDropped(exc.reason, exc.detail, host)
     except Exception as exc:  # noqa: BLE001 - the reader loop must survive anything

@@ -82,6 +82,8 @@ class DispatcherActor(MeshActor):
         discovery: pykka.ActorRef[Any] | None,
         timing: Timing,
         rng: random.Random | None = None,
+        channel: wire.Channel | None = None,
+        allowed: Any = None,
     ) -> None:
         super().__init__(node_id=node_id)
         self.node_id = node_id
@@ -93,10 +95,11 @@ class DispatcherActor(MeshActor):
         self.timing = timing
         self.rng = rng or random.Random()  # noqa: S311 - tie-breaking, not security
         self.draining = False
-        self.sequence = 0
         self.inflight: dict[str, _Handoff] = {}
         self.sent: dict[str, tuple[float, int]] = {}  # peer → (its last_heard when counted, jobs sent)
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="mesh-send")
+        self.channel = channel or wire.Channel(node_id, incarnation)
+        self.allowed = allowed  # CommandPolicy or None: every command allowed
 
     def on_stop(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -110,6 +113,10 @@ class DispatcherActor(MeshActor):
     @handles(SubmitJob)
     def _submit(self, message: SubmitJob) -> pb.Job:
         job = message.job
+        if self.allowed is not None and not self.allowed.allows(job.command):
+            raise Refusal(
+                "forbidden", "command_not_allowed", "this node does not run that command (--allow-commands)"
+            )
         me, peers = self._me(), self._peers()
         if message.pinned:
             order = [self._pinned_target(message.pinned, me, peers)]
@@ -169,7 +176,7 @@ class DispatcherActor(MeshActor):
         envelope = self._envelope()
         envelope.handoff.job.CopyFrom(job)
         ref, job_id = self.actor_ref, job.job_id
-        future = self.pool.submit(ask_peer, target.address, envelope, self.timing.mesh_timeout)
+        future = self.pool.submit(ask_peer, target.address, envelope, self.timing.mesh_timeout, self.channel)
 
         def done(f: Future[tuple[bool, str]]) -> None:
             accepted, reason = (False, "cancelled") if f.cancelled() else f.result()
@@ -289,7 +296,7 @@ class DispatcherActor(MeshActor):
         envelope = self._envelope()
         envelope.cancel.job_id = job.job_id
         envelope.cancel.reason = "cancelled by user"
-        self.pool.submit(ask_peer, peer.address, envelope, self.timing.mesh_timeout)
+        self.pool.submit(ask_peer, peer.address, envelope, self.timing.mesh_timeout, self.channel)
 
     @handles(SetDraining)
     def _set_draining(self, message: SetDraining) -> str:
@@ -312,6 +319,9 @@ class DispatcherActor(MeshActor):
             return False, "wrong_node"
         if self.draining:
             return False, "draining"
+        if self.allowed is not None and not self.allowed.allows(job.command):
+            self.log.warning("handoff_refused_command", job_id=job.job_id, origin=message.sender)
+            return False, "command_not_allowed"
         load = self.executor.ask(GetLoad(), timeout=self.timing.ask_timeout)
         if load.queued >= load.capacity * QUEUE_FACTOR:
             return False, "full"
@@ -382,5 +392,4 @@ class DispatcherActor(MeshActor):
         self.sent[node_id] = (peer.last_heard, count + 1 if heard == peer.last_heard else 1)
 
     def _envelope(self) -> pb.Envelope:
-        self.sequence += 1
-        return wire.envelope(self.node_id, self.incarnation, self.sequence)
+        return self.channel.envelope()

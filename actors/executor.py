@@ -7,6 +7,7 @@ ProcessExited when the job's process group is gone. The actor itself never block
 from __future__ import annotations
 
 import os
+import pwd
 import threading
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -34,6 +35,7 @@ from actors.process import ProcessOutcome, ProcessRunner, ProcessSpec
 from proto.codec import pb, status_name, to_timestamp, utcnow
 
 SHUTDOWN_REASON = "node shutting down"
+SECRET_ENV = ("MESH_KEY", "MESH_API_TOKEN")
 
 
 @dataclass
@@ -61,7 +63,13 @@ class JobExecutorActor(MeshActor):
         self.work_dir = work_dir
         self.listeners = list(listeners)
         self.courier = courier
-        self.base_env = dict(os.environ if base_env is None else base_env)
+        env = dict(os.environ if base_env is None else base_env)
+        for secret in SECRET_ENV:  # a job must never read the node's own secrets
+            env.pop(secret, None)
+        if config.run_as:
+            entry = pwd.getpwnam(config.run_as)
+            env.update(HOME=entry.pw_dir, USER=entry.pw_name, LOGNAME=entry.pw_name)
+        self.base_env = env
         self.queue: deque[pb.Job] = deque()
         self.running: dict[str, _Running] = {}
 
@@ -137,6 +145,7 @@ class JobExecutorActor(MeshActor):
             timeout=float(job.timeout_seconds),
             grace=self.config.timing.kill_grace,
             output_cap=self.config.output_cap,
+            user=self.config.run_as,
         )
         runner = ProcessRunner(spec)
         thread = threading.Thread(

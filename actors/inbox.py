@@ -17,13 +17,19 @@ from proto.codec import from_timestamp, pb
 
 class MeshInbox:
     def __init__(
-        self, node_id: str, incarnation: int, dispatcher: pykka.ActorRef[Any], ask_timeout: float
+        self,
+        node_id: str,
+        incarnation: int,
+        dispatcher: pykka.ActorRef[Any],
+        ask_timeout: float,
+        channel: wire.Channel | None = None,
     ) -> None:
         self.node_id = node_id
         self.incarnation = incarnation
         self.dispatcher = dispatcher
         self.ask_timeout = ask_timeout
         self.log = get_logger(node_id=node_id, component="mesh_inbox")
+        self.channel = channel or wire.Channel(node_id, incarnation)
 
     def handle(self, envelope: pb.Envelope, host: str) -> pb.Envelope:
         """Answer one request; never raises."""
@@ -59,7 +65,7 @@ class MeshInbox:
         except Exception:
             self.log.exception("mesh_request_failed", body=body, sender=sender, source=host)
             accepted, reason = False, "internal_error"
-        reply = wire.envelope(self.node_id, self.incarnation, 0)
+        reply = self.channel.envelope()
         reply.ack.job_id, reply.ack.accepted, reply.ack.reason = job_id, accepted, reason
         return reply
 

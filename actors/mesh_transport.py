@@ -41,7 +41,7 @@ def _recv_exactly(sock: socket.socket, size: int) -> bytes | None:
     return bytes(chunks)
 
 
-def read_frame(sock: socket.socket) -> pb.Envelope | None:
+def read_frame(sock: socket.socket, channel: wire.Channel, check_replay: bool = True) -> pb.Envelope | None:
     """One envelope from `sock`, None at a clean end of stream; raises Dropped or OSError."""
     header = _recv_exactly(sock, wire.FRAME_HEADER.size)
     if header is None:
@@ -49,16 +49,18 @@ def read_frame(sock: socket.socket) -> pb.Envelope | None:
     body = _recv_exactly(sock, wire.frame_length(header))
     if body is None:
         raise wire.Dropped("truncated", "no body")
-    return wire.decode(body, limit=wire.MAX_FRAME)
+    return channel.open(body, limit=wire.MAX_FRAME, check_replay=check_replay)
 
 
-def request(address: tuple[str, int], envelope: pb.Envelope, timeout: float) -> pb.Envelope:
+def request(
+    address: tuple[str, int], envelope: pb.Envelope, timeout: float, channel: wire.Channel
+) -> pb.Envelope:
     """Send `envelope` to a node's mesh port and return its reply. Blocks; raises MeshError."""
     try:
         with socket.create_connection(address, timeout=timeout) as sock:
             sock.settimeout(timeout)
-            sock.sendall(wire.encode_frame(envelope))
-            reply = read_frame(sock)
+            sock.sendall(channel.frame(envelope))
+            reply = read_frame(sock, channel, check_replay=False)  # an answer on our own connection
     except (OSError, wire.Dropped, ValueError) as exc:
         raise MeshError(f"{address[0]}:{address[1]}: {exc}") from None
     if reply is None:
@@ -66,13 +68,15 @@ def request(address: tuple[str, int], envelope: pb.Envelope, timeout: float) -> 
     return reply
 
 
-def ask_peer(address: tuple[str, int] | None, envelope: pb.Envelope, timeout: float) -> tuple[bool, str]:
+def ask_peer(
+    address: tuple[str, int] | None, envelope: pb.Envelope, timeout: float, channel: wire.Channel
+) -> tuple[bool, str]:
     """One request whose answer is an Ack: (accepted, reason). Blocks; never raises, so a pool
     thread running it always reports back."""
     if address is None or not address[1]:
         return False, "no known mesh address"
     try:
-        reply = request(address, envelope, timeout)
+        reply = request(address, envelope, timeout, channel)
     except MeshError as exc:
         return False, f"unreachable ({exc})"
     except Exception as exc:  # noqa: BLE001
@@ -145,13 +149,13 @@ class MeshListener:
         try:
             conn.settimeout(self.read_timeout)
             while not self._closed.is_set():
-                envelope = read_frame(conn)
+                envelope = read_frame(conn, self.channel)
                 if envelope is None:
                     return
                 with self._lock:
                     self.stats["frames_received"] += 1
                 reply = self._handle(envelope, host)  # type: ignore[misc]
-                conn.sendall(wire.encode_frame(reply))
+                conn.sendall(self.channel.frame(reply))
         except wire.Dropped as exc:
             self._count_drop(exc.reason)
         except TimeoutError:

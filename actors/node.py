@@ -11,6 +11,8 @@ can still record the jobs it kills while the store is running.
 from __future__ import annotations
 
 import contextlib
+import os
+import pwd
 import threading
 from typing import Any
 
@@ -27,9 +29,13 @@ from actors.logs import get_logger
 from actors.mesh_transport import MeshListener
 from actors.messages import AddPeerListener, AnnounceLeave, RecoverJobs, RunJob, StartAnnouncing
 from actors.peers import PeerRegistryActor
+from actors.policy import CommandPolicy
+from actors.security import security_warnings
 from actors.settled import SettledWatch
 from actors.store import StoreActor
 from actors.transport import UdpTransport
+from proto.seal import KeyFileError, KeyHolder, Keyring, read_key_file
+from proto.wire import Channel
 from store.datadir import DataDir
 
 
@@ -57,6 +63,9 @@ class Node:
         self._mesh: MeshListener | None = None
         self.mesh_port = 0
         self.settled = SettledWatch()
+        self.keys = KeyHolder(Keyring(list(config.keys)) if config.keys else None)
+        self.policy = CommandPolicy(config.allow_commands)
+        self.channel: Channel | None = None
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
         self.log = get_logger()
@@ -66,6 +75,9 @@ class Node:
         after stopping whatever had started."""
         self.data_dir.open()
         try:
+            if self.config.run_as:  # jobs run as that user and must be able to write their cwd
+                entry = pwd.getpwnam(self.config.run_as)
+                os.chown(self.data_dir.work_dir, entry.pw_uid, entry.pw_gid)
             self.node_id = self.data_dir.node_id(self.config.node_id)
             self.incarnation = self.data_dir.next_incarnation()
             self.log = get_logger(node_id=self.node_id)
@@ -83,7 +95,17 @@ class Node:
             incarnation=self.incarnation,
             version=self.config.version,
         )
+        self._log_security()
         return self
+
+    def _log_security(self) -> None:
+        cfg = self.config
+        for warning in security_warnings(cfg):
+            self.log.warning("insecure_configuration", message=warning)
+        if not cfg.keys:
+            self.log.info("mesh_unsealed", message="the mesh is unsealed (no key): loopback only")
+        else:
+            self.log.info("mesh_sealed", keys=len(cfg.keys))
 
     def _start_actors(self) -> None:
         cfg, node_id, incarnation = self.config, self.node_id, self.incarnation
@@ -92,8 +114,9 @@ class Node:
             transport = self._transport or UdpTransport(cfg.discovery_bind, cfg.discovery_port)
         except OSError as exc:
             raise _bind_error(f"discovery port udp/{cfg.discovery_port}", exc) from None
+        channel = self.channel = Channel(node_id, incarnation, self.keys)
         try:
-            self._mesh = MeshListener(cfg.mesh_host, cfg.mesh_port, timing.mesh_read_timeout)
+            self._mesh = MeshListener(cfg.mesh_host, cfg.mesh_port, channel, timing.mesh_read_timeout)
         except OSError as exc:
             transport.close()
             raise _bind_error(f"mesh port {cfg.mesh_host}:{cfg.mesh_port}", exc) from None
@@ -103,20 +126,22 @@ class Node:
         registry = self._keep(
             PeerRegistryActor.start(node_id, timing.peer_timeout, store, timing.ask_timeout)
         )
-        discovery = self._keep(DiscoveryActor.start(cfg, node_id, incarnation, registry, transport))
+        discovery = self._keep(DiscoveryActor.start(cfg, node_id, incarnation, registry, transport, channel))
         self._discovery = discovery
-        courier = self._keep(ResultCourierActor.start(node_id, incarnation, store, registry, timing))
+        courier = self._keep(ResultCourierActor.start(node_id, incarnation, store, registry, timing, channel))
         executor = self._keep(
             JobExecutorActor.start(
                 cfg, node_id, store, self.data_dir.work_dir, listeners=[discovery], courier=courier
             )
         )
         dispatcher = self._keep(
-            DispatcherActor.start(node_id, incarnation, store, executor, registry, discovery, timing)
+            DispatcherActor.start(
+                node_id, incarnation, store, executor, registry, discovery, timing, None, channel, self.policy
+            )
         )
         for listener in (discovery, dispatcher, courier):
             registry.tell(AddPeerListener(listener))
-        self._mesh.start(MeshInbox(node_id, incarnation, dispatcher, timing.ask_timeout).handle)
+        self._mesh.start(MeshInbox(node_id, incarnation, dispatcher, timing.ask_timeout, channel).handle)
         backend = ActorBackend(
             node_id, cfg, store, executor, dispatcher, registry, discovery, self.settled, self._mesh
         )
@@ -155,6 +180,23 @@ class Node:
             self._stopped.set()
         if self.node_id:
             self.log.info("node_stopped")
+
+    def reload_keys(self) -> None:
+        """Re-read --key-file (on SIGHUP): a rotation step without a restart. Keeps the old keys
+        and logs why if the file is unusable."""
+        if self.config.key_file is None:
+            self.log.warning("keys_not_reloaded", reason="keys came from MESH_KEY, not --key-file")
+            return
+        try:
+            keys = read_key_file(self.config.key_file)
+        except KeyFileError as exc:
+            self.log.error("keys_not_reloaded", reason=str(exc))
+            return
+        if self.keys.keyring is None:
+            self.log.error("keys_not_reloaded", reason="this node started unsealed; restart it to seal")
+            return
+        self.keys.keyring = Keyring(keys)
+        self.log.info("keys_reloaded", keys=len(keys))
 
     @property
     def stopped(self) -> bool:

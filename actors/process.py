@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import selectors
 import signal
 import subprocess
@@ -41,6 +42,7 @@ class ProcessSpec:
     timeout: float
     grace: float
     output_cap: int
+    user: str | None = None  # run as this user (the node must be root)
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,14 @@ class _Capped:
         if room > 0:
             self.data += chunk[:room]
         self.dropped += max(0, len(chunk) - max(room, 0))
+
+
+def _identity(user: str | None) -> dict[str, object]:
+    """Popen arguments that drop to `user` (its uid, primary gid and no other groups)."""
+    if user is None:
+        return {}
+    entry = pwd.getpwnam(user)
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
@@ -119,6 +129,7 @@ class ProcessRunner:
                 start_new_session=True,
                 close_fds=True,
                 bufsize=0,
+                **_identity(self.spec.user),
             )
         except (OSError, ValueError) as exc:
             self._close_wake()

@@ -1,6 +1,7 @@
 """Message framing: a 4-byte prefix, then one serialized `mesh.v1.Envelope`. No sockets here.
 
     datagram (UDP discovery):  b"WM" | version (1 byte, now 1) | flags (1 byte, 0 = plain) | Envelope
+                               (flags 1: sealed with the mesh key, see proto/seal.py)
     frame (TCP mesh port):     length (4 bytes, big-endian, of what follows) | the same as a datagram
 
 The prefix lets a node recognise foreign traffic on its port and drop it before parsing; the size
@@ -17,11 +18,14 @@ from dataclasses import dataclass, field
 from google.protobuf.message import DecodeError
 
 from proto.codec import pb, to_timestamp, utcnow
+from proto.seal import KeyHolder, Keyring, ReplayGuard, Sequencer
 
 MAGIC = b"WM"
 VERSION = 1
 FLAGS_PLAIN = 0
+FLAGS_SEALED = 1
 PREFIX = MAGIC + bytes([VERSION, FLAGS_PLAIN])
+SEALED_PREFIX = MAGIC + bytes([VERSION, FLAGS_SEALED])
 MAX_DATAGRAM = 8192  # heartbeats are a few hundred bytes; anything near this is not ours
 MAX_FRAME = 4 * 1024 * 1024  # a result carries at most 1 MiB of stdout and 1 MiB of stderr
 FRAME_HEADER = struct.Struct(">I")
@@ -38,6 +42,11 @@ DROP_REASONS = (
     "bad_sender",
     "no_body",
     "bad_heartbeat",
+    "unsealed",
+    "sealed",
+    "bad_key",
+    "tampered",
+    "replayed",
 )
 
 
@@ -78,9 +87,16 @@ class LeaveNotice:
     reason: str
 
 
-def encode(envelope: pb.Envelope) -> bytes:
-    """Frame an envelope; ValueError if it would not fit in one datagram."""
-    data = PREFIX + envelope.SerializeToString()
+def _body(envelope: pb.Envelope, keyring: Keyring | None) -> bytes:
+    payload = envelope.SerializeToString()
+    if keyring is None:
+        return PREFIX + payload
+    return keyring.seal(SEALED_PREFIX, payload)
+
+
+def encode(envelope: pb.Envelope, keyring: Keyring | None = None) -> bytes:
+    """A datagram (sealed when a keyring is given); ValueError if it would not fit in one."""
+    data = _body(envelope, keyring)
     if len(data) > MAX_DATAGRAM:
         raise ValueError(f"message of {len(data)} bytes exceeds the {MAX_DATAGRAM}-byte datagram limit")
     return data
@@ -93,9 +109,9 @@ def envelope(sender_id: str, incarnation: int, sequence: int) -> pb.Envelope:
     return env
 
 
-def encode_frame(envelope: pb.Envelope) -> bytes:
-    """Frame an envelope for the mesh port; ValueError if it exceeds MAX_FRAME."""
-    body = PREFIX + envelope.SerializeToString()
+def encode_frame(envelope: pb.Envelope, keyring: Keyring | None = None) -> bytes:
+    """A frame for the mesh port (sealed when a keyring is given); ValueError above MAX_FRAME."""
+    body = _body(envelope, keyring)
     if len(body) > MAX_FRAME:
         raise ValueError(f"message of {len(body)} bytes exceeds the {MAX_FRAME}-byte frame limit")
     return FRAME_HEADER.pack(len(body)) + body
@@ -109,8 +125,9 @@ def frame_length(header: bytes) -> int:
     return length
 
 
-def decode(data: bytes, limit: int = MAX_DATAGRAM) -> pb.Envelope:
-    """Parse one datagram (or frame body); raises Dropped. Size and prefix are checked first."""
+def decode(data: bytes, limit: int = MAX_DATAGRAM, keyring: Keyring | None = None) -> pb.Envelope:
+    """Parse one datagram (or frame body); raises Dropped. Size and prefix are checked first; a
+    node with a keyring takes only sealed messages, a node without one only plain ones."""
     if not data:
         raise Dropped("empty")
     if len(data) > limit:
@@ -119,11 +136,10 @@ def decode(data: bytes, limit: int = MAX_DATAGRAM) -> pb.Envelope:
         raise Dropped("bad_magic")
     if data[2] != VERSION:
         raise Dropped("unknown_version", f"version {data[2]}")
-    if data[3] != FLAGS_PLAIN:
-        raise Dropped("unknown_flags", f"flags {data[3]}")
+    payload = _payload(data, keyring)
     env = pb.Envelope()
     try:
-        env.ParseFromString(data[len(PREFIX) :])
+        env.ParseFromString(payload)
     except DecodeError as exc:
         raise Dropped("malformed", str(exc)) from None
     if not env.sender_id:
@@ -133,6 +149,62 @@ def decode(data: bytes, limit: int = MAX_DATAGRAM) -> pb.Envelope:
     if env.WhichOneof("body") is None:
         raise Dropped("no_body")
     return env
+
+
+def _payload(data: bytes, keyring: Keyring | None) -> bytes:
+    """The serialized envelope inside a message whose prefix has been checked."""
+    if data[3] == FLAGS_PLAIN:
+        if keyring is not None:
+            raise Dropped("unsealed")
+        return data[len(PREFIX) :]
+    if data[3] != FLAGS_SEALED:
+        raise Dropped("unknown_flags", f"flags {data[3]}")
+    if keyring is None:
+        raise Dropped("sealed", "sealed with a key and this node has none")
+    try:
+        return keyring.open(data, len(SEALED_PREFIX))
+    except ValueError as exc:
+        raise Dropped(str(exc)) from None
+
+
+class Channel:
+    """How one node speaks on the wire: its identity, its keys (if any), one sequence for all it
+    sends, and the replay window for what it receives. Thread-safe; shared by every actor."""
+
+    def __init__(self, node_id: str, incarnation: int, keys: KeyHolder | None = None) -> None:
+        self.node_id = node_id
+        self.incarnation = incarnation
+        self.keys = keys or KeyHolder(None)
+        self.sequencer = Sequencer()
+        self.guard = ReplayGuard()
+
+    @property
+    def sealed(self) -> bool:
+        return self.keys.sealed
+
+    def envelope(self) -> pb.Envelope:
+        """A new envelope from this node with the next sequence number."""
+        return envelope(self.node_id, self.incarnation, self.sequencer.next())
+
+    def datagram(self, env: pb.Envelope) -> bytes:
+        return encode(env, self.keys.keyring)
+
+    def frame(self, env: pb.Envelope) -> bytes:
+        return encode_frame(env, self.keys.keyring)
+
+    def open(self, data: bytes, limit: int = MAX_DATAGRAM, check_replay: bool = True) -> pb.Envelope:
+        """Decode (and open) one message; with a key, a replay is dropped as `replayed`."""
+        keyring = self.keys.keyring
+        env = decode(data, limit, keyring)
+        if (
+            keyring is not None
+            and check_replay
+            and not self.guard.accept(env.sender_id, env.incarnation, env.sequence)
+        ):
+            raise Dropped(
+                "replayed", f"{env.sender_id} incarnation {env.incarnation} sequence {env.sequence}"
+            )
+        return env
 
 
 def heartbeat_from(env: pb.Envelope, host: str) -> Heartbeat:

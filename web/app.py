@@ -6,6 +6,7 @@ Runs on the WSGI server's worker threads. Every response is JSON; no client inpu
 from __future__ import annotations
 
 import functools
+import hmac
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -29,7 +30,7 @@ from web.validation import (
 )
 
 PREFIX = "/api/v1"
-_REFUSAL_STATUS = {"not_found": 404, "conflict": 409, "unavailable": 503}
+_REFUSAL_STATUS = {"forbidden": 403, "not_found": 404, "conflict": 409, "unavailable": 503}
 
 
 class Unavailable(Exception):
@@ -81,8 +82,17 @@ def _read_body() -> bytes:
     return raw
 
 
-def make_app(backend: Backend) -> bottle.Bottle:
-    """Build the WSGI app over `backend`."""
+def _check_token(expected: str | None, path: str) -> None:
+    """With an API token, every route but /health needs `Authorization: Bearer <token>` (401)."""
+    if expected is None or path == PREFIX + "/health":
+        return
+    scheme, _, given = bottle.request.get_header("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected.encode()):
+        raise ApiError(401, "unauthorized", "this node needs Authorization: Bearer <token>")
+
+
+def make_app(backend: Backend, token: str | None = None) -> bottle.Bottle:
+    """Build the WSGI app over `backend`; with `token`, every route but /health requires it."""
     app = bottle.Bottle(catchall=True)
     app.config["json.enable"] = False  # every route returns its own JSON response
     log = get_logger(node_id=backend.node_id, component="api")
@@ -94,9 +104,11 @@ def make_app(backend: Backend) -> bottle.Bottle:
             @functools.wraps(handler)
             def guarded(*args: Any, **kwargs: Any) -> Any:
                 try:
+                    _check_token(token, PREFIX + path)
                     return handler(*args, **kwargs)
                 except ApiError as exc:
-                    return _respond(exc.status, exc.body())
+                    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
+                    return _respond(exc.status, exc.body(), **headers)
                 except Refusal as exc:
                     status = _REFUSAL_STATUS.get(exc.kind, 409)
                     return _respond(status, {"error": {"code": exc.code, "message": exc.message}})
