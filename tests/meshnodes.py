@@ -35,6 +35,28 @@ _NETNS_GET = (
     "    sys.exit(f'unreachable: {exc}')\n"
 )
 
+# Runs API requests from inside a namespace, in order: a JSON list of [method, url, body or null]
+# on stdin, a JSON list of [HTTP status, parsed body] on stdout (status 0: nothing answered).
+_NETNS_REQUESTS = (
+    "import json, sys, urllib.error, urllib.request\n"
+    "timeout = float(sys.argv[1])\n"
+    "out = []\n"
+    "for method, url, body in json.load(sys.stdin):\n"
+    "    data = None if body is None else json.dumps(body).encode()\n"
+    "    req = urllib.request.Request(url, data=data, method=method,\n"
+    "                                 headers={'Content-Type': 'application/json'})\n"
+    "    try:\n"
+    "        with urllib.request.urlopen(req, timeout=timeout) as response:\n"
+    "            out.append([response.status, json.loads(response.read())])\n"
+    "    except urllib.error.HTTPError as exc:\n"
+    "        out.append([exc.code, json.loads(exc.read() or b'null')])\n"
+    "    except OSError as exc:\n"
+    "        out.append([0, str(exc)])\n"
+    "print(json.dumps(out))\n"
+)
+
+Call = tuple[str, str, dict[str, Any] | None]  # method, path under api_url, JSON body
+
 
 # Settings a node reads from its environment: the caller's own values must not leak into a test.
 _NODE_VARIABLES = frozenset({"LOG_LEVEL", "DISCOVERY_PORT", "HEARTBEAT_INTERVAL", "PEER_TIMEOUT"})
@@ -228,6 +250,36 @@ class MeshNode:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - our own node
             return json.loads(response.read())
 
+    def call_many(self, calls: list[Call], timeout: float = 35.0) -> list[tuple[int, Any]]:
+        """Make API requests in order; each gives (HTTP status, parsed JSON body), error statuses
+        included, or (0, why) when nothing answered. A namespaced node's requests all run in one
+        `ip netns exec` helper inside its namespace."""
+        if self.netns is None:
+            return [_call_here(self.api_url + path, method, body, timeout) for method, path, body in calls]
+        payload = json.dumps([[method, self.api_url + path, body] for method, path, body in calls])
+        done = subprocess.run(
+            ["ip", "netns", "exec", self.netns, sys.executable, "-I", "-c", _NETNS_REQUESTS, str(timeout)],
+            input=payload.encode(),
+            capture_output=True,
+            timeout=timeout * len(calls) + 20,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise OSError(done.stderr.decode(errors="replace").strip())
+        return [(status, body) for status, body in json.loads(done.stdout)]
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None, timeout: float = 35.0) -> Any:
+        """One API request: (HTTP status, parsed JSON body); see call_many."""
+        return self.call_many([(method, path, body)], timeout)[0]
+
+    @property
+    def mesh_address(self) -> tuple[str, int]:
+        """(host, port) of the node's mesh port, as logged in node_started."""
+        line = self.started_line()
+        assert line is not None, f"{self.name} has not started"
+        host, _, port = line["mesh_address"].rpartition(":")
+        return host, int(port)
+
     def answers(self) -> bool:
         """True when GET /health answers 200."""
         try:
@@ -245,6 +297,20 @@ class MeshNode:
 
     def status(self) -> dict[str, Any]:
         return self.get("/status")
+
+
+def _call_here(url: str, method: str, body: dict[str, Any] | None, timeout: float) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(  # noqa: S310 - our own node
+        url, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - our own node
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+    except OSError as exc:
+        return 0, str(exc)
 
 
 def sees_exactly(node: MeshNode, others: list[MeshNode]) -> bool:
