@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup run run-node1 run-node2 run-node3 test test-fast lint bench proto clean
+.PHONY: setup system-deps run run-node1 run-node2 run-node3 test test-fast lint bench proto clean
 
 setup: $(STAMP) proto/mesh_pb2.py
 
@@ -32,7 +32,19 @@ run-node2: setup
 run-node3: setup
 	$(PY) run_node.py --api-port 3003 --discovery-port 8080
 
-test: setup
+# Debian packages the multi-host tests use (ip for namespaces, nft for packet loss); installed
+# only when missing and only as root (CI is root; elsewhere those tests skip with a reason).
+system-deps:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    missing=""; \
+	    command -v ip >/dev/null || missing="$$missing iproute2"; \
+	    command -v nft >/dev/null || missing="$$missing nftables"; \
+	    if [ -n "$$missing" ]; then \
+	        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	    fi; \
+	fi
+
+test: setup system-deps
 	$(PY) -m ruff check .
 	$(PY) -m pytest
 

@@ -42,7 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Start one worker-mesh node: a REST API that takes shell jobs, runs them and keeps "
         "their history in SQLite.",
         epilog="Environment: LOG_LEVEL, DISCOVERY_PORT, HEARTBEAT_INTERVAL, PEER_TIMEOUT (a flag wins over "
-        "its variable). Durations: 5s, 500ms, 2m or plain seconds. "
+        "its variable), MESH_KEY (mesh keys, when there is no --key-file), MESH_API_TOKEN (when there is "
+        "no --api-token-file). Durations: 5s, 500ms, 2m or plain seconds. Signals: SIGINT/SIGTERM stop "
+        "cleanly (a second one exits at once), SIGHUP re-reads --key-file. "
+        "Other command: `run_node.py keygen` prints a new mesh key. "
         "Example: python run_node.py --api-port 3002",
     )
     parser.add_argument(
