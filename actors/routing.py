@@ -54,6 +54,5 @@ def rank(
     with_room = [c for c in ordered if has_room(c, sent)]
     if with_room:
         return with_room + [c for c in ordered if c not in with_room and c.node_id == me.node_id]
-    # Everyone is full: queue here if this node may take jobs, else at the least loaded peer.
-    mine = [c for c in ordered if c.node_id == me.node_id]
-    return mine + [c for c in ordered if c.node_id != me.node_id]
+    # Everyone is full: queue where the queue is shortest for its size; this node wins a tie.
+    return sorted(ordered, key=lambda c: (load(c, sent), c.node_id != me.node_id))

@@ -52,19 +52,19 @@ def parse_keys(text: str, source: str) -> list[bytes]:
     """Keys from text: one base64 key per line (or comma-separated); blank lines and # comments
     ignored. Raises KeyFileError naming the line, never the key."""
     keys = []
-    for number, raw in enumerate(text.replace(",", "\n").splitlines(), start=1):
-        entry = raw.strip()
-        if not entry or entry.startswith("#"):
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
             continue
-        try:
-            key = base64.b64decode(entry, validate=True)
-        except (binascii.Error, ValueError):
-            raise KeyFileError(
-                f"{source}: entry {number} is not base64 (make one with: run_node.py keygen)"
-            ) from None
-        if len(key) != KEY_BYTES:
-            raise KeyFileError(f"{source}: entry {number} is {len(key)} bytes, a key must be {KEY_BYTES}")
-        keys.append(key)
+        for entry in filter(None, (part.strip() for part in line.split(","))):
+            where = f"{source}: entry {len(keys) + 1} (line {number})"
+            try:
+                key = base64.b64decode(entry, validate=True)
+            except (binascii.Error, ValueError):
+                raise KeyFileError(f"{where} is not base64 (make a key with: run_node.py keygen)") from None
+            if len(key) != KEY_BYTES:
+                raise KeyFileError(f"{where} is {len(key)} bytes, a key must be {KEY_BYTES}")
+            keys.append(key)
     if not keys:
         raise KeyFileError(f"{source}: no key in it (make one with: run_node.py keygen)")
     return keys
