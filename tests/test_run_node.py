@@ -184,13 +184,14 @@ def test_after_kill_9_a_restart_keeps_the_id_fails_the_running_job_and_runs_the_
 
 
 def test_sigterm_cancels_the_running_job_kills_its_group_and_exits_0(
-    tmp_path: Path, node_process: StartNode
+    tmp_path: Path, node_process: StartNode, reaper: list[int]
 ) -> None:
     data = tmp_path / "data"
     node = node_process(data_dir=data)
     running = submit(node, "echo $$ > pgid; sleep 300 & sleep 300")
     wait_status(node, running, "JOB_RUNNING")
     pgid = read_pgid(data / "work" / "pgid")
+    reaper.append(pgid)  # only matters if the node fails to kill it
 
     node.signal(signal.SIGTERM)
 
