@@ -369,6 +369,22 @@ def test_a_body_over_one_mib_is_a_json_413_with_or_without_a_length(api: Api) ->
     assert_json_error(chunked, 413, "body_too_large")
 
 
+def test_a_malformed_chunked_body_is_a_json_400(api: Api) -> None:
+    request = (
+        b"POST /api/v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\nzz\r\n{}\r\n0\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", api.node.api_port), timeout=5) as sock:
+        sock.sendall(request)
+        answer = b"".join(iter(lambda: sock.recv(65536), b""))
+
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), answer
+    assert b"Content-Type: application/json" in head
+    assert json.loads(body)["error"]["code"] == "malformed_body"
+    OBSERVED[("/api/v1/jobs", "post")].add(400)
+
+
 def test_bad_list_parameters_are_a_json_400(api: Api, subtests: pytest.Subtests) -> None:
     for query in ("limit=0", "limit=abc", "limit=100000", "limit=", "status=DONE"):
         with subtests.test(query=query):

@@ -76,7 +76,10 @@ def _read_body() -> bytes:
     if length > MAX_BODY_BYTES:
         raise ApiError(413, "body_too_large", f"body must be at most {MAX_BODY_BYTES} bytes")
     stream = bottle.request.environ["wsgi.input"]
-    raw = stream.read(length) if length >= 0 else stream.read(MAX_BODY_BYTES + 1)
+    try:
+        raw = stream.read(length) if length >= 0 else stream.read(MAX_BODY_BYTES + 1)
+    except ValueError as exc:  # cheroot: a malformed chunked body ("Bad chunked transfer size")
+        raise ApiError(400, "malformed_body", f"the request body could not be read: {exc}") from None
     if len(raw) > MAX_BODY_BYTES:
         raise ApiError(413, "body_too_large", f"body must be at most {MAX_BODY_BYTES} bytes")
     return raw
