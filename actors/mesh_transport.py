@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from actors.logs import get_logger
 from proto import wire
 from proto.codec import pb
 
@@ -53,9 +54,11 @@ def read_frame(sock: socket.socket, channel: wire.Channel, check_replay: bool = 
 
 
 def request(
-    address: tuple[str, int], envelope: pb.Envelope, timeout: float, channel: wire.Channel
+    address: tuple[str, int], envelope: pb.Envelope, timeout: float, channel: wire.Channel | None = None
 ) -> pb.Envelope:
-    """Send `envelope` to a node's mesh port and return its reply. Blocks; raises MeshError."""
+    """Send `envelope` to a node's mesh port and return its reply (sealed and opened with
+    `channel`'s keys; plain without one). Blocks; raises MeshError."""
+    channel = channel or wire.Channel("client", 0)
     try:
         with socket.create_connection(address, timeout=timeout) as sock:
             sock.settimeout(timeout)
@@ -87,7 +90,15 @@ def ask_peer(
 
 
 class MeshListener:
-    def __init__(self, host: str, port: int, read_timeout: float = 10.0, max_connections: int = 64) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        channel: wire.Channel,
+        read_timeout: float = 10.0,
+        max_connections: int = 64,
+    ) -> None:
+        self.channel = channel
         self.read_timeout = read_timeout
         self._slots = threading.BoundedSemaphore(max_connections)
         self._sock = socket.create_server((host, port), backlog=128)
@@ -162,6 +173,9 @@ class MeshListener:
             self._count_drop("read_timeout")
         except OSError:
             self._count_drop("connection_error")
+        except Exception:  # noqa: BLE001 - a bug must cost one connection, never the listener
+            self._count_drop("internal_error")
+            get_logger(component="mesh_listener").exception("mesh_connection_failed", source=host)
         finally:
             with self._lock:
                 self._connections.discard(conn)
