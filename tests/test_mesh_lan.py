@@ -2,11 +2,14 @@
 
 Nodes find each other by broadcast on the lab's subnet, announce a mesh port on their namespace's
 address and hand jobs to each other over it; each API listens on its namespace's loopback and is
-asked from inside that namespace. Heartbeats every 0.2 s, peers fail after 1 s.
+asked from inside that namespace. The mesh is sealed with a key made for the test. Heartbeats every
+0.2 s, peers fail after 1 s.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -26,7 +29,7 @@ from tests.meshjobs import (
     submit_many,
     wait_status,
 )
-from tests.meshnodes import all_see_all, wait_until
+from tests.meshnodes import RUN_NODE, all_see_all, wait_until
 from tests.netlab import Lab, needs_root_and_ip
 
 pytestmark = needs_root_and_ip
@@ -35,11 +38,15 @@ SETTLE = PEER_TIMEOUT + 5.0
 
 
 class JobLab(Lab):
-    """Three hosts; host 2 runs one job at a time (the failover test's executor), the others two."""
+    """Three hosts sharing a mesh key (a LAN mesh needs one); host 2 runs one job at a time (the
+    failover test's executor), the others two."""
 
     def __init__(self, tmp_path: Path) -> None:
         super().__init__(tmp_path, "wj", 3, self.args)
         self.pidfile = tmp_path / "job-pids"
+        self.key_file = tmp_path / "mesh.key"
+        keygen = subprocess.run([sys.executable, str(RUN_NODE), "keygen"], capture_output=True, check=True)
+        self.key_file.write_bytes(keygen.stdout)
 
     def args(self, i: int, address: str) -> list[str]:
         return [
@@ -51,6 +58,8 @@ class JobLab(Lab):
             address,
             "--broadcast",
             self.broadcast,
+            "--key-file",
+            str(self.key_file),
             "--heartbeat-interval",
             f"{INTERVAL}s",
             "--peer-timeout",
