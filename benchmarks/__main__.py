@@ -8,10 +8,10 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from benchmarks import discovery
+from benchmarks import discovery, jobs
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHMARKS = (discovery,)
+BENCHMARKS = (discovery, jobs)
 
 
 def machine() -> str:
