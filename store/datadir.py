@@ -82,8 +82,8 @@ class DataDir:
             previous = int(path.read_text().strip())
         except (OSError, ValueError):
             previous = 0
-        # Wall-clock seconds keep it growing even if the file is lost; +1 if the clock went back.
-        current = max(previous + 1, int(time.time()))
+        # Wall-clock milliseconds keep it growing even if the file is lost; +1 if the clock went back.
+        current = max(previous + 1, int(time.time() * 1000))
         tmp = path.with_suffix(".tmp")
         tmp.write_text(f"{current}\n")
         os.replace(tmp, path)

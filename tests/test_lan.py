@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from proto.seal import generate_key
 from tests.meshnodes import MeshNode, all_see_all, wait_until
 
 INTERVAL = 0.2
@@ -59,6 +60,8 @@ class Lan:
         self.bridge_made = False
 
     def build(self) -> None:
+        self.key_file = self.tmp_path / "mesh.key"
+        self.key_file.write_text(generate_key() + "\n")
         ip("link", "add", self.bridge, "type", "bridge")
         self.bridge_made = True
         ip("link", "set", self.bridge, "up")
@@ -92,6 +95,8 @@ class Lan:
             f"{PEER_TIMEOUT}s",
             "--data-dir",
             str(self.tmp_path / f"host{i}"),
+            "--key-file",  # a LAN mesh needs a key
+            str(self.key_file),
         ]
 
     @property
