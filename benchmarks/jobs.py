@@ -211,7 +211,13 @@ def profile(cluster: Cluster, workdir: Path) -> str:
 
 _IDLE = ("wait (threading.py)", "select (selectors.py)", "get (queue.py)", "accept (socket.py)",
          "recv_into (socket.py)", "poll (selectors.py)", "sleep", "_wait_for_tstate_lock", "readinto")
-_OURS = ("actors/", "store/", "web/", "proto/")
+# py-spy names a file by its path relative to sys.path, often just "dispatcher.py": match by name.
+_OURS = frozenset(
+    path.name
+    for package in ("actors", "store", "web", "proto")
+    for path in (Path(__file__).resolve().parent.parent / package).glob("*.py")
+    if path.name not in ("__init__.py", "mesh_pb2.py")
+)
 
 
 def _frame_name(frame: str) -> str:
@@ -243,7 +249,7 @@ def _summarise(collapsed: str, rate: float, cpu_per_job_ms: float) -> str:
             continue
         busy += count
         self_time[frames[-1]] += count
-        for name in {f for f in frames if any(f"({part}" in f for part in _OURS)}:
+        for name in {f for f in frames if f.rpartition("(")[2].rstrip(")").rpartition("/")[2] in _OURS}:
             ours[name] += count
     if not busy:
         return "py-spy took no busy samples.\n"
