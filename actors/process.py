@@ -9,6 +9,8 @@ safe from any thread. The contract, relied on by the executor and documented in 
 - On timeout or cancel: SIGTERM to the whole group, `grace` seconds, then SIGKILL to the group.
 - When the shell itself exits, whatever it left running in its group is killed (SIGKILL): a job is
   its process group, and a finished job leaves nothing behind. Output still in the pipes is kept.
+- `run()` returns only once no process of the group can run any more (at most GROUP_EXIT_WAIT
+  seconds after the final SIGKILL), so "the job is over" means its processes are gone.
 - A process that escaped the group (setsid) and holds the pipes open cannot keep the job alive:
   after the shell is gone we wait at most EOF_LINGER seconds for end-of-file.
 """
@@ -32,6 +34,8 @@ from proto.codec import pb, utcnow
 EOF_LINGER = 0.5
 _READ_CHUNK = 65536
 _POLL = 0.05  # only where pidfd_open is missing
+GROUP_EXIT_WAIT = 1.0  # after the final SIGKILL, how long run() waits for the group to be gone
+_GONE_POLL = 0.005
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,43 @@ def _identity(user: str | None) -> dict[str, object]:
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
+
+
+def _group_running(pgid: int) -> bool:
+    """True while a process of group `pgid` can still run (zombies, already dead, do not count)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        entries = list(os.scandir("/proc"))
+    except OSError:
+        return True  # no /proc: a zombie is as alive as anything else to kill()
+    for entry in entries:
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(os.path.join(entry.path, "stat"), "rb") as stat:
+                fields = stat.read().rpartition(b")")[2].split()
+        except OSError:
+            continue
+        # "pid (comm) state ppid pgrp ...": comm may hold anything, so split after the last ')'.
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            return True
+    return False
+
+
+def _wait_group_gone(pgid: int, timeout: float) -> None:
+    """Block until no process of the group can run, at most `timeout` seconds.
+
+    SIGKILL is delivered asynchronously: a killed process closes its pipes (so we saw EOF) a moment
+    before it is really gone, and under load that moment is long enough to be seen.
+    """
+    deadline = time.monotonic() + timeout
+    while _group_running(pgid) and time.monotonic() < deadline:
+        time.sleep(_GONE_POLL)
 
 
 def _exit_code(returncode: int) -> int:
@@ -235,9 +276,11 @@ class _Watch:
         return True
 
     def close(self) -> None:
-        """Kill whatever is left of the group, reap the shell, close every descriptor."""
+        """Kill whatever is left of the group, reap the shell, wait for the group to be gone,
+        close every descriptor."""
         _signal_group(self.pgid, signal.SIGKILL)
         self.proc.wait()
+        _wait_group_gone(self.pgid, GROUP_EXIT_WAIT)
         self.sel.close()
         if self.pidfd is not None:
             os.close(self.pidfd)
