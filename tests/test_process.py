@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 import tracemalloc
@@ -172,3 +173,17 @@ def test_a_cancel_after_the_job_ended_writes_to_no_other_descriptor(tmp_path: Pa
         for pair in pipes:
             for fd in pair:
                 os.close(fd)
+
+
+def test_a_process_that_escaped_the_group_cannot_keep_the_job_alive(tmp_path: Path) -> None:
+    escape = "setsid sh -c 'echo $$ > escaped.tmp; mv escaped.tmp escaped; exec sleep 300' &"
+    wait_until_escaped = "while [ ! -e escaped ]; do sleep 0.01; done"
+    outcome, took = run(f"{escape} {wait_until_escaped}; echo done", tmp_path, timeout=60)
+    escaped = tmp_path / "escaped"
+    try:
+        assert outcome.status == pb.JOB_COMPLETED
+        assert outcome.stdout == b"done\n"
+        assert took < 2, "a grandchild holding the pipes open must not hold the job"
+    finally:
+        pid = int(wait_for(lambda: escaped.exists() and escaped.read_text().strip(), what="the escapee"))
+        os.killpg(pid, signal.SIGKILL)  # it left the job's group on purpose: this test cleans it up
