@@ -87,7 +87,7 @@ class Node:
             raise
         self.log.info(
             "node_started",
-            api_url=f"http://{self.config.api_host}:{self.api_port}/api/v1",
+            api_url=f"{'https' if self.config.tls_cert else 'http'}://{self.config.api_host}:{self.api_port}/api/v1",
             mesh_address=f"{self.config.mesh_host}:{self.mesh_port}",
             data_dir=str(self.config.data_dir),
             db_path=str(self.data_dir.db_path),

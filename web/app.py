@@ -85,6 +85,15 @@ def _read_body() -> bytes:
     return raw
 
 
+def _require_json() -> None:
+    """A body-less state change takes JSON only too (empty or an object), so a form or a
+    "simple" cross-site request from a browser page cannot drain a node."""
+    check_json_content_type(bottle.request.content_type)
+    raw = _read_body()
+    if raw.strip():
+        parse_json_object(raw)
+
+
 def _check_token(expected: str | None, path: str) -> None:
     """With an API token, every route but /health needs `Authorization: Bearer <token>` (401)."""
     if expected is None or path == PREFIX + "/health":
@@ -175,10 +184,12 @@ def make_app(backend: Backend, token: str | None = None) -> bottle.Bottle:
 
     @route("/drain", "POST")
     def drain() -> Any:
+        _require_json()
         return _respond(200, {"node_id": backend.node_id, "status": backend.set_draining(True)})
 
     @route("/resume", "POST")
     def resume() -> Any:
+        _require_json()
         return _respond(200, {"node_id": backend.node_id, "status": backend.set_draining(False)})
 
     @route("/openapi.json")

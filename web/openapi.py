@@ -195,6 +195,19 @@ _SCHEMAS: dict[str, Any] = {
 }
 
 _UNAVAILABLE = _error("an actor of the node did not answer in time; retry")
+_STATE_CHANGE = {
+    "requestBody": {
+        "required": False,
+        "description": "empty or a JSON object; Content-Type must be application/json",
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    }
+}
+_STATE_ERRORS = {
+    "400": _error("a body that is not a JSON object"),
+    "413": _error("body too large"),
+    "415": _error("Content-Type is not application/json"),
+    "503": _UNAVAILABLE,
+}
 
 
 def document() -> dict[str, Any]:
@@ -310,16 +323,15 @@ def document() -> dict[str, Any]:
             "/api/v1/drain": {
                 "post": {
                     "summary": "stop taking jobs: peers stop sending work here, running jobs finish",
-                    "responses": {"200": _json(_ref("DrainState"), "now DRAINING"), "503": _UNAVAILABLE},
+                    **_STATE_CHANGE,
+                    "responses": {"200": _json(_ref("DrainState"), "now DRAINING"), **_STATE_ERRORS},
                 }
             },
             "/api/v1/resume": {
                 "post": {
                     "summary": "take jobs again after a drain",
-                    "responses": {
-                        "200": _json(_ref("DrainState"), "IDLE or BUSY again"),
-                        "503": _UNAVAILABLE,
-                    },
+                    **_STATE_CHANGE,
+                    "responses": {"200": _json(_ref("DrainState"), "IDLE or BUSY again"), **_STATE_ERRORS},
                 }
             },
             "/api/v1/openapi.json": {
