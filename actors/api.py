@@ -22,6 +22,7 @@ from actors.messages import (
     GetDiscoveryStats,
     GetDispatchState,
     GetJob,
+    GetJobStatus,
     GetLoad,
     GetPeerCounts,
     ListJobs,
@@ -82,9 +83,9 @@ class ActorBackend:
             return self._ask(self.store, GetJob(job_id))
         event = self.settled.waiter(job_id)  # registered before reading: a settle is never missed
         try:
-            record = self._ask(self.store, GetJob(job_id))
-            if record is None or record.job.status in FINAL_STATUSES or not event.wait(wait):
-                return record
+            status = self._ask(self.store, GetJobStatus(job_id))
+            if status is not None and status not in FINAL_STATUSES:
+                event.wait(wait)
             return self._ask(self.store, GetJob(job_id))
         finally:
             self.settled.forget(job_id, event)

@@ -44,6 +44,13 @@ class GetJob(Query):
 
 
 @dataclass(frozen=True)
+class GetJobStatus(Query):
+    """Return the pb.JobStatus of `job_id` (a cheap read, no output), or None."""
+
+    job_id: str
+
+
+@dataclass(frozen=True)
 class ListJobs(Query):
     """Return up to `limit` pb.JobRecords, newest first, without output."""
 

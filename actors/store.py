@@ -12,6 +12,7 @@ from actors.messages import (
     AcceptHandoff,
     CountJobs,
     GetJob,
+    GetJobStatus,
     InsertJob,
     JobFinished,
     JobStarted,
@@ -52,6 +53,11 @@ class StoreActor(MeshActor):
         with orm.db_session:
             return jobs.get_job(self.db, message.job_id)
 
+    @handles(GetJobStatus)
+    def _status(self, message: GetJobStatus) -> int | None:
+        with orm.db_session:
+            return jobs.job_status(self.db, message.job_id)
+
     @handles(ListJobs)
     def _list(self, message: ListJobs) -> Any:
         with orm.db_session:
@@ -84,7 +90,7 @@ class StoreActor(MeshActor):
     @handles(AcceptHandoff)
     def _accept_handoff(self, message: AcceptHandoff) -> bool:
         with orm.db_session:
-            if self.db.Job.exists(job_id=message.job.job_id):
+            if jobs.has_job(self.db, message.job.job_id):
                 return False
             jobs.insert_job(self.db, message.job)
         return True

@@ -1,12 +1,17 @@
 """Job persistence: protobuf messages in, protobuf messages out. Call inside a db_session.
 
 Pony entities never leave this module; callers see pb.Job / pb.JobResult / pb.JobRecord.
-Times are stored as naive UTC datetimes.
+Times are stored as naive UTC datetimes. The three statements every job goes through (read one
+job, mark it running, record its result) use Pony's raw SQL (`db.select` / `db.execute`) on the
+tables its entities define: one statement each instead of an entity load, lazy loads and an
+optimistic-check UPDATE, which made them several times slower (benchmarks/jobs.py).
 """
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
+from types import SimpleNamespace
 from typing import Any
 
 from pony import orm
@@ -31,20 +36,35 @@ def _set_ts(field: Any, moment: datetime | None) -> None:
 
 
 def insert_job(db: orm.Database, job: pb.Job) -> None:
-    """Add a job. Raises pony's TransactionIntegrityError on commit if its id is taken."""
-    db.Job(
-        job_id=job.job_id,
-        command=job.command,
-        env=dict(job.env),
-        timeout_seconds=job.timeout_seconds,
-        status=status_name(job.status),
-        target_node=job.target_node_id,
-        created_by_node=job.created_by_node,
-        created_at=_naive(from_timestamp(job.created_at)),
-        retries=job.retries,
-        attempt=job.attempt or 1,
-        delivered=True,
+    """Add a job. Raises pony's TransactionIntegrityError if its id is taken."""
+    db.execute(
+        "INSERT INTO jobs (job_id, command, env, timeout_seconds, status, target_node, created_by_node, "
+        "executor_node, created_at, stdout_truncated, stderr_truncated, error, retries, attempt, delivered, "
+        "notes) VALUES ($job_id, $command, $env, $timeout, $status, $target, $origin, '', $created, "
+        "0, 0, '', $retries, $attempt, 1, '')",
+        {
+            "job_id": job.job_id,
+            "command": job.command,
+            "env": json.dumps(dict(job.env)),
+            "timeout": job.timeout_seconds,
+            "status": status_name(job.status),
+            "target": job.target_node_id,
+            "origin": job.created_by_node,
+            "created": _sql_time(from_timestamp(job.created_at)),
+            "retries": job.retries,
+            "attempt": job.attempt or 1,
+        },
     )
+
+
+def job_status(db: orm.Database, job_id: str) -> int | None:
+    """The job's pb.JobStatus, or None."""
+    rows = db.select("SELECT status FROM jobs WHERE job_id = $job_id", {"job_id": job_id})
+    return pb.JobStatus.Value(rows[0]) if rows else None
+
+
+def has_job(db: orm.Database, job_id: str) -> bool:
+    return bool(db.select("SELECT 1 FROM jobs WHERE job_id = $job_id", {"job_id": job_id}))
 
 
 def _to_job(row: Any) -> pb.Job:
@@ -84,10 +104,39 @@ def _to_record(row: Any, *, with_output: bool) -> pb.JobRecord:
     return record
 
 
+_COLUMNS = (
+    "job_id, command, env, timeout_seconds, status, target_node, created_by_node, executor_node, "
+    "created_at, started_at, finished_at, exit_code, stdout, stderr, stdout_truncated, stderr_truncated, "
+    "error, retries, attempt, notes"
+)
+_FINAL_NAMES = tuple(status_name(s) for s in sorted(FINAL_STATUSES))
+
+
+def _sql_time(moment: datetime | None) -> str | None:
+    """A datetime as Pony stores it in SQLite (naive UTC, microseconds always written)."""
+    naive = _naive(moment)
+    return None if naive is None else naive.strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _py_time(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
+
+
+def _raw(values: tuple[Any, ...]) -> SimpleNamespace:
+    """A row of _COLUMNS with the types Pony's entity would give."""
+    row = SimpleNamespace(**dict(zip([c.strip() for c in _COLUMNS.split(",")], values, strict=True)))
+    row.env = json.loads(row.env) if row.env else {}
+    for name in ("created_at", "started_at", "finished_at"):
+        setattr(row, name, _py_time(getattr(row, name)))
+    row.stdout_truncated, row.stderr_truncated = bool(row.stdout_truncated), bool(row.stderr_truncated)
+    return row
+
+
 def get_job(db: orm.Database, job_id: str) -> pb.JobRecord | None:
     """The job with its output, or None."""
-    row = db.Job.get(job_id=job_id)
-    return None if row is None else _to_record(row, with_output=True)
+    sql = f"SELECT {_COLUMNS} FROM jobs WHERE job_id = $job_id"  # noqa: S608 - constant columns
+    rows = db.select(sql, {"job_id": job_id})
+    return _to_record(_raw(tuple(rows[0])), with_output=True) if rows else None
 
 
 def list_jobs(db: orm.Database, limit: int, status: int | None = None) -> list[pb.JobRecord]:
@@ -113,23 +162,26 @@ def mark_running(
 ) -> bool:
     """PENDING → RUNNING; False (and nothing changed) if the job is unknown, already final, or
     `attempt` (when given) is older than the job's current attempt."""
-    row = db.Job.get(job_id=job_id)
-    if row is None or pb.JobStatus.Value(row.status) in FINAL_STATUSES or (attempt and attempt < row.attempt):
-        return False
-    row.status = status_name(pb.JOB_RUNNING)
-    row.executor_node = executor_node
-    row.started_at = _naive(started_at)
-    return True
+    cursor = db.execute(
+        "UPDATE jobs SET status = $running, executor_node = $executor, started_at = $started "
+        "WHERE job_id = $job_id AND status NOT IN ($f1, $f2, $f3, $f4) "
+        "AND ($attempt = 0 OR attempt <= $attempt)",
+        {
+            "running": status_name(pb.JOB_RUNNING),
+            "executor": executor_node,
+            "started": _sql_time(started_at),
+            "job_id": job_id,
+            "attempt": attempt,
+            **dict(zip(("f1", "f2", "f3", "f4"), _FINAL_NAMES, strict=True)),
+        },
+    )
+    return cursor.rowcount == 1
 
 
 def _describe(result: pb.JobResult) -> str:
     code = f" exit {result.exit_code}" if result.has_exit_code else ""
     executor = result.executor_node_id or "unknown"
     return f"{status_name(result.status)}{code} from {executor} (attempt {result.attempt})"
-
-
-def _note(row: Any, text: str) -> None:
-    row.notes = (row.notes + "\n" if row.notes else "") + text[:500]
 
 
 def finish_job(db: orm.Database, result: pb.JobResult, own_node: str = "") -> bool:
@@ -141,36 +193,52 @@ def finish_job(db: orm.Database, result: pb.JobResult, own_node: str = "") -> bo
     the notes. On the executor of a job created elsewhere (`own_node` given), the result is marked
     undelivered until the origin acknowledges it.
     """
-    row = db.Job.get(job_id=result.job_id)
-    if row is None:
+    rows = db.select(
+        "SELECT status, attempt, created_by_node, started_at, finished_at, notes "
+        "FROM jobs WHERE job_id = $id",
+        {"id": result.job_id},
+    )
+    if not rows:
         return False
-    if result.attempt and result.attempt < row.attempt:
-        _note(row, f"late result ignored: {_describe(result)}")
+    status, attempt, origin, started_at, finished_at, notes = rows[0]
+    changes: dict[str, Any] = {}
+
+    def note(text: str) -> None:
+        changes["notes"] = ((notes + "\n") if notes else "") + text[:500]
+
+    if result.attempt and result.attempt < attempt:
+        note(f"late result ignored: {_describe(result)}")
+        _update(db, result.job_id, changes)
         return False
-    settled = pb.JobStatus.Value(row.status) in FINAL_STATUSES
+    settled = pb.JobStatus.Value(status) in FINAL_STATUSES
     if not settled:
-        row.status = status_name(result.status)
-        row.error = result.error
-    elif result.status != pb.JobStatus.Value(row.status) and result.executor_node_id:
-        _note(row, f"late result kept, status unchanged: {_describe(result)}")
-    if own_node and row.created_by_node and row.created_by_node != own_node:
-        row.delivered = False
+        changes.update(status=status_name(result.status), error=result.error)
+    elif result.status != pb.JobStatus.Value(status) and result.executor_node_id:
+        note(f"late result kept, status unchanged: {_describe(result)}")
+    if own_node and origin and origin != own_node:
+        changes["delivered"] = False
     if result.executor_node_id:
-        row.executor_node = result.executor_node_id
+        changes["executor_node"] = result.executor_node_id
     if result.has_exit_code:
-        row.exit_code = result.exit_code
+        changes["exit_code"] = result.exit_code
     if result.stdout or result.stdout_truncated:
-        row.stdout = result.stdout
-        row.stdout_truncated = result.stdout_truncated
+        changes.update(stdout=result.stdout, stdout_truncated=result.stdout_truncated)
     if result.stderr or result.stderr_truncated:
-        row.stderr = result.stderr
-        row.stderr_truncated = result.stderr_truncated
+        changes.update(stderr=result.stderr, stderr_truncated=result.stderr_truncated)
     started, finished = from_timestamp(result.started_at), from_timestamp(result.finished_at)
-    if started is not None and (row.started_at is None or not settled):
-        row.started_at = _naive(started)
-    if finished is not None and (row.finished_at is None or not settled):
-        row.finished_at = _naive(finished)
+    if started is not None and (started_at is None or not settled):
+        changes["started_at"] = _sql_time(started)
+    if finished is not None and (finished_at is None or not settled):
+        changes["finished_at"] = _sql_time(finished)
+    _update(db, result.job_id, changes)
     return not settled
+
+
+def _update(db: orm.Database, job_id: str, changes: dict[str, Any]) -> None:
+    if changes:
+        assignments = ", ".join(f"{column} = ${column}" for column in changes)  # names are ours
+        sql = f"UPDATE jobs SET {assignments} WHERE job_id = $job_id"  # noqa: S608 - our column names
+        db.execute(sql, {**changes, "job_id": job_id})
 
 
 def recover_after_restart(db: orm.Database, node_id: str, now: datetime) -> list[pb.Job]:

@@ -415,7 +415,8 @@ def test_a_node_that_becomes_busy_is_listed_busy_by_its_peers_long_before_the_ne
     worker = mesh.spawn("worker", "--max-jobs", "1", **slow).wait_started()  # type: ignore[arg-type]
     wait_all_see_all([watcher, worker])
 
-    worker.post("/jobs", {"command": "sleep 30"})
+    # Pinned: otherwise routing may well send it to the idle watcher.
+    worker.post("/jobs", {"command": "sleep 30", "target_node": worker.node_id})
     took = wait_until(
         lambda: [p["status"] for p in watcher.peers()] == ["BUSY"], 3.0, "the watcher to list the worker BUSY"
     )
