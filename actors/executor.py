@@ -28,6 +28,7 @@ from actors.messages import (
     Load,
     LoadChanged,
     ProcessExited,
+    ProcessSpawned,
     ReportStarted,
     RunJob,
 )
@@ -161,7 +162,8 @@ class JobExecutorActor(MeshActor):
 
     def _run_in_helper(self, job: pb.Job, runner: ProcessRunner) -> None:
         """Helper thread: blocks until the job's group is gone, then tells the actor."""
-        outcome = runner.run()
+        store, job_id = self.store, job.job_id
+        outcome = runner.run(lambda pgid, token: tell_quietly(store, ProcessSpawned(job_id, pgid, token)))
         tell_quietly(self.actor_ref, ProcessExited(job, outcome))
 
     def _record(self, job: pb.Job, outcome: ProcessOutcome) -> None:

@@ -65,7 +65,8 @@ class CountJobs(Query):
 
 @dataclass(frozen=True)
 class RecoverJobs(Query):
-    """After a restart: fail jobs this node was running, return the pb.Jobs it should run again."""
+    """After a restart: fail jobs this node was running; return (the pb.Jobs it should run again,
+    the (pgid, token) of the process groups the failed jobs left behind)."""
 
     node_id: str
 
@@ -76,6 +77,15 @@ class JobStarted(Event):
     executor_node: str
     started_at: Any  # datetime
     attempt: int = 0
+
+
+@dataclass(frozen=True)
+class ProcessSpawned(Event):
+    """From a job's helper thread: the job's process group exists (kept for crash clean-up)."""
+
+    job_id: str
+    pgid: int
+    token: str
 
 
 @dataclass(frozen=True)

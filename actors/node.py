@@ -30,6 +30,7 @@ from actors.mesh_transport import MeshListener
 from actors.messages import AddPeerListener, AnnounceLeave, RecoverJobs, RunJob, StartAnnouncing
 from actors.peers import PeerRegistryActor
 from actors.policy import CommandPolicy
+from actors.process import kill_leftover_group
 from actors.security import security_warnings
 from actors.settled import SettledWatch
 from actors.store import StoreActor
@@ -122,7 +123,10 @@ class Node:
             raise _bind_error(f"mesh port {cfg.mesh_host}:{cfg.mesh_port}", exc) from None
 
         store = self._keep(StoreActor.start(self.data_dir.db_path, node_id, self.settled))
-        pending = store.ask(RecoverJobs(node_id), timeout=30)  # before the courier looks for results
+        pending, leftovers = store.ask(RecoverJobs(node_id), timeout=30)  # before the courier starts
+        killed = sum(kill_leftover_group(pgid, token) for pgid, token in leftovers)
+        if killed:
+            self.log.info("leftover_jobs_killed", groups=killed)
         registry = self._keep(
             PeerRegistryActor.start(node_id, timing.peer_timeout, store, timing.ask_timeout)
         )
@@ -141,6 +145,10 @@ class Node:
         )
         for listener in (discovery, dispatcher, courier):
             registry.tell(AddPeerListener(listener))
+        for job in pending:  # before anything is served: older jobs first, and none can be cancelled twice
+            executor.tell(RunJob(job))
+        if pending:
+            self.log.info("jobs_recovered", pending=len(pending))
         self._mesh.start(MeshInbox(node_id, incarnation, dispatcher, timing.ask_timeout, channel).handle)
         backend = ActorBackend(
             node_id, cfg, store, executor, dispatcher, registry, discovery, self.settled, self._mesh
@@ -152,10 +160,6 @@ class Node:
         self.api_port = api.proxy().port.get(timeout=timing.ask_timeout)
         self.mesh_port = self._mesh.port
 
-        for job in pending:
-            executor.tell(RunJob(job))
-        if pending:
-            self.log.info("jobs_recovered", pending=len(pending))
         discovery.tell(StartAnnouncing(api_port=self.api_port, mesh_port=self.mesh_port))
 
     def _keep(self, ref: pykka.ActorRef[Any]) -> pykka.ActorRef[Any]:

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 from proto.codec import pb, utcnow
 
@@ -75,6 +76,26 @@ class _Capped:
         if room > 0:
             self.data += chunk[:room]
         self.dropped += max(0, len(chunk) - max(room, 0))
+
+
+def process_token(pid: int) -> str:
+    """Who `pid` is: this boot's id and the process's start time, so a pid reused by another
+    process after a crash is never mistaken for it. "" when /proc cannot tell."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return f"{boot}:{stat.rpartition(')')[2].split()[19]}"  # field 22: start time in clock ticks
+
+
+def kill_leftover_group(pgid: int, token: str) -> bool:
+    """After a crash: SIGKILL the group of a job the node was running, if its leader is still the
+    same process (`token`). Returns True if a group was signalled."""
+    if not token or process_token(pgid) != token:
+        return False
+    _signal_group(pgid, signal.SIGKILL)
+    return True
 
 
 def _identity(user: str | None) -> dict[str, object]:
@@ -156,8 +177,10 @@ class ProcessRunner:
                 with contextlib.suppress(OSError):
                     os.write(self._wake_w, b"x")
 
-    def run(self) -> ProcessOutcome:
-        """Run the command to the end; never raises for anything the command does."""
+    def run(self, on_spawn: Callable[[int, str], None] | None = None) -> ProcessOutcome:
+        """Run the command to the end; never raises for anything the command does.
+
+        `on_spawn(pgid, token)` is called once the group exists (token: see process_token)."""
         started_at = utcnow()
         try:
             proc = subprocess.Popen(
@@ -186,6 +209,8 @@ class ProcessRunner:
                 f"could not start: {exc}",
             )
             return self.outcome
+        if on_spawn is not None:
+            on_spawn(proc.pid, process_token(proc.pid))
         try:
             self.outcome = self._supervise(proc, started_at)
         finally:

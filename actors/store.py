@@ -20,6 +20,7 @@ from actors.messages import (
     ListUndelivered,
     LoadPeers,
     MarkDelivered,
+    ProcessSpawned,
     RecoverJobs,
     RetargetJob,
     SavePeers,
@@ -72,6 +73,11 @@ class StoreActor(MeshActor):
     def _recover(self, message: RecoverJobs) -> Any:
         with orm.db_session:
             return jobs.recover_after_restart(self.db, message.node_id, utcnow())
+
+    @handles(ProcessSpawned)
+    def _spawned(self, message: ProcessSpawned) -> None:
+        with orm.db_session:
+            jobs.record_process(self.db, message.job_id, message.pgid, message.token)
 
     @handles(JobStarted)
     def _started(self, message: JobStarted) -> None:

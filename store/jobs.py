@@ -40,8 +40,8 @@ def insert_job(db: orm.Database, job: pb.Job) -> None:
     db.execute(
         "INSERT INTO jobs (job_id, command, env, timeout_seconds, status, target_node, created_by_node, "
         "executor_node, created_at, stdout_truncated, stderr_truncated, error, retries, attempt, delivered, "
-        "notes) VALUES ($job_id, $command, $env, $timeout, $status, $target, $origin, '', $created, "
-        "0, 0, '', $retries, $attempt, 1, '')",
+        "notes, process_token) VALUES ($job_id, $command, $env, $timeout, $status, $target, $origin, "
+        "'', $created, 0, 0, '', $retries, $attempt, 1, '', '')",
         {
             "job_id": job.job_id,
             "command": job.command,
@@ -241,15 +241,27 @@ def _update(db: orm.Database, job_id: str, changes: dict[str, Any]) -> None:
         db.execute(sql, {**changes, "job_id": job_id})
 
 
-def recover_after_restart(db: orm.Database, node_id: str, now: datetime) -> list[pb.Job]:
+def record_process(db: orm.Database, job_id: str, pgid: int, token: str) -> None:
+    """Remember the process group a running job has, so a crash can be cleaned up after."""
+    db.execute(
+        "UPDATE jobs SET pgid = $pgid, process_token = $token WHERE job_id = $job_id",
+        {"pgid": pgid, "token": token, "job_id": job_id},
+    )
+
+
+def recover_after_restart(
+    db: orm.Database, node_id: str, now: datetime
+) -> tuple[list[pb.Job], list[tuple[int, str]]]:
     """After a crash: fail the jobs this node was running, and the jobs other nodes had handed to it
-    (their origins route them again or take the failure); return its own pending jobs, oldest first."""
+    (their origins route them again or take the failure). Returns its own pending jobs, oldest
+    first, and the (pgid, token) of the process groups the failed jobs had."""
     running = status_name(pb.JOB_RUNNING)
     pending = status_name(pb.JOB_PENDING)
     failed = status_name(pb.JOB_FAILED)
     lost = list(db.Job.select(lambda j: j.status == running and j.executor_node == node_id))
     handed_to_us = db.Job.select(lambda j: j.status == pending and j.target_node == node_id)
     lost += [row for row in handed_to_us if row.created_by_node and row.created_by_node != node_id]
+    groups = [(row.pgid, row.process_token) for row in lost if row.pgid]
     for row in lost:
         row.status = failed
         row.error = RESTART_REASON
@@ -257,7 +269,7 @@ def recover_after_restart(db: orm.Database, node_id: str, now: datetime) -> list
         if row.created_by_node and row.created_by_node != node_id:
             row.delivered = False
     rows = db.Job.select(lambda j: j.status == pending and j.target_node == node_id)
-    return [_to_job(row) for row in rows.order_by(db.Job.created_at)]
+    return [_to_job(row) for row in rows.order_by(db.Job.created_at)], groups
 
 
 def unsettled_at(db: orm.Database, target: str, origin: str) -> list[pb.Job]:

@@ -42,6 +42,8 @@ def open_database(path: Path) -> orm.Database:
         # On the executor of a job created elsewhere: False until the origin has acknowledged the result.
         delivered = orm.Required(bool, default=True, index=True)
         notes = orm.Optional(str, default="")  # late results and other facts worth showing
+        pgid = orm.Optional(int, nullable=True)  # process group of the job while it runs here
+        process_token = orm.Optional(str, default="")  # identifies that group's leader (boot + start)
 
     class Peer(db.Entity):  # type: ignore[name-defined]
         _table_ = "peers"

@@ -165,7 +165,8 @@ def test_after_kill_9_a_restart_keeps_the_id_fails_the_running_job_and_runs_the_
     node = node_process("--max-jobs", "1", data_dir=data)
     running = submit(node, "echo $$ > crashed-pgid; sleep 300")
     wait_status(node, running, "JOB_RUNNING")
-    reaper.append(read_pgid(data / "work" / "crashed-pgid"))
+    crashed_pgid = read_pgid(data / "work" / "crashed-pgid")
+    reaper.append(crashed_pgid)  # only matters if the node fails to kill it
     pending = submit(node, "echo ran-after-restart")
     assert job(node, pending)["status"] == "JOB_PENDING"
 
@@ -179,6 +180,7 @@ def test_after_kill_9_a_restart_keeps_the_id_fails_the_running_job_and_runs_the_
     resumed = wait_status(again, pending)
     assert resumed["status"] == "JOB_COMPLETED"
     assert resumed["stdout"] == "ran-after-restart\n"
+    wait_for(lambda: group_is_gone(crashed_pgid), 5.0, what="the restarted node to kill the old job's group")
     listed = requests.get(f"{again.api_url}/jobs", timeout=10).json()
     assert {running, pending} <= {item["job_id"] for item in listed}
 

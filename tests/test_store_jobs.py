@@ -158,7 +158,7 @@ def test_a_restart_fails_running_jobs_and_returns_pending_ones_oldest_first(db: 
         jobs.finish_job(db, result(done.job_id, pb.JOB_COMPLETED))
 
     with orm.db_session:
-        pending = jobs.recover_after_restart(db, NODE, T0 + timedelta(minutes=5))
+        pending, _groups = jobs.recover_after_restart(db, NODE, T0 + timedelta(minutes=5))
     with orm.db_session:
         crashed = jobs.get_job(db, running.job_id)
         finished = jobs.get_job(db, done.job_id)
