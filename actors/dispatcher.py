@@ -28,6 +28,7 @@ from actors.messages import (
     CancelReceived,
     CancelRun,
     DrainingChanged,
+    DropQueuedFrom,
     GetDispatchState,
     GetJob,
     GetLoad,
@@ -227,8 +228,14 @@ class DispatcherActor(MeshActor):
     @handles(PeersChanged)
     def _peers_changed(self, message: PeersChanged) -> None:
         for event in message.events:
+            node_id = event.peer.node_id
+            if event.kind == "failed":
+                # As their executor: that origin routes the jobs it gave us again, so the ones
+                # that have not started must not start here too (a partition, not a crash).
+                reason = f"origin {node_id} lost before the job started; it routes the job again"
+                self.executor.tell(DropQueuedFrom(node_id, reason))
             if event.kind in _LOST_KINDS:
-                self._executor_lost(event.peer.node_id, event.kind)
+                self._executor_lost(node_id, event.kind)
 
     def _executor_lost(self, node_id: str, why: str) -> None:
         jobs = self.store.ask(UnsettledAt(node_id, self.node_id), timeout=self.timing.ask_timeout)

@@ -22,6 +22,7 @@ from actors.config import NodeConfig
 from actors.messages import (
     CancelRun,
     Deliver,
+    DropQueuedFrom,
     GetLoad,
     JobFinished,
     JobStarted,
@@ -102,6 +103,22 @@ class JobExecutorActor(MeshActor):
         entry.runner.cancel(message.reason)
         self.log.info("job_cancelled", job_id=message.job_id, while_status="JOB_RUNNING")
         return True
+
+    @handles(DropQueuedFrom)
+    def _drop_queued_from(self, message: DropQueuedFrom) -> None:
+        dropped = [job for job in self.queue if job.created_by_node == message.origin]
+        if not dropped:
+            return
+        self.queue = deque(job for job in self.queue if job.created_by_node != message.origin)
+        for job in dropped:
+            result = pb.JobResult(job_id=job.job_id, status=pb.JOB_FAILED, error=message.reason)
+            result.executor_node_id = self.node_id
+            result.finished_at.CopyFrom(to_timestamp(utcnow()))
+            self._finish(job, result)
+        self.log.warning(
+            "queued_jobs_dropped", origin=message.origin, jobs=len(dropped), reason=message.reason
+        )
+        self._announce()
 
     @handles(GetLoad)
     def _get_load(self, _message: GetLoad) -> Load:

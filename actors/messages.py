@@ -140,6 +140,15 @@ class RunJob(Event):
 
 
 @dataclass(frozen=True)
+class DropQueuedFrom(Event):
+    """The node `origin` is declared failed: give up the jobs it handed here that have not
+    started (it routes them again), so a partition never runs a job twice."""
+
+    origin: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class CancelRun(Query):
     """Cancel a queued or running job here. Returns True if this executor had it."""
 

@@ -13,7 +13,7 @@ import pytest
 
 from actors.config import NodeConfig
 from actors.executor import SHUTDOWN_REASON, JobExecutorActor
-from actors.messages import CancelRun, GetLoad, JobFinished, JobStarted, Load, RunJob
+from actors.messages import CancelRun, DropQueuedFrom, GetLoad, JobFinished, JobStarted, Load, RunJob
 from proto.codec import pb
 from tests.conftest import FAST_TIMING
 from tests.helpers import group_is_gone, wait_for
@@ -42,8 +42,14 @@ class Harness:
         config = NodeConfig(data_dir=work_dir, max_jobs=max_jobs, timing=FAST_TIMING)
         self.executor = JobExecutorActor.start(config, NODE, self.store, work_dir, base_env=base_env)
 
-    def run(self, command: str, timeout: int = 60, **env: str) -> str:
-        job = pb.Job(job_id=str(uuid.uuid4()), command=command, env=env, timeout_seconds=timeout)
+    def run(self, command: str, timeout: int = 60, origin: str = "", **env: str) -> str:
+        job = pb.Job(
+            job_id=str(uuid.uuid4()),
+            command=command,
+            env=env,
+            timeout_seconds=timeout,
+            created_by_node=origin,
+        )
         self.executor.tell(RunJob(job))
         return job.job_id
 
@@ -191,3 +197,22 @@ def test_stopping_the_executor_kills_running_jobs_and_records_them_cancelled(
         assert result.error == SHUTDOWN_REASON
     assert all(group_is_gone(pgid) for pgid in pgids)
     assert h.final(queued) is None  # stays PENDING in the store, to run after a restart
+
+
+def test_queued_jobs_of_an_origin_declared_failed_are_given_up_and_never_start(
+    harness: Callable[..., Harness],
+) -> None:
+    h = harness(1)
+    running = h.run("echo $$ > running-pgid; sleep 30", origin="node-far")
+    wait_for(lambda: h.started() == [running], what="the first job to start")
+    queued_far = h.run("echo far", origin="node-far")
+    queued_near = h.run("echo near", origin="node-near")
+
+    h.executor.tell(DropQueuedFrom("node-far", "origin node-far lost"))
+
+    given_up = wait_for(lambda: h.final(queued_far), what="the far origin's queued job to be given up")
+    assert (given_up.status, given_up.error) == (pb.JOB_FAILED, "origin node-far lost")
+    assert h.load() == Load(running=1, queued=1, capacity=1)  # the running job and node-near's stay
+    h.executor.ask(CancelRun(running), timeout=5)
+    assert wait_for(lambda: h.final(queued_near), what="node-near's job to run").status == pb.JOB_COMPLETED
+    assert queued_far not in h.started()
