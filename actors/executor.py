@@ -29,7 +29,6 @@ from actors.messages import (
     Load,
     LoadChanged,
     ProcessExited,
-    ProcessSpawned,
     ReportStarted,
     RunJob,
 )
@@ -171,7 +170,6 @@ class JobExecutorActor(MeshActor):
         )
         self.running[job.job_id] = _Running(job, runner, thread)
         started_at = utcnow()
-        tell_quietly(self.store, JobStarted(job.job_id, self.node_id, started_at, job.attempt))
         if self._is_remote(job):
             tell_quietly(self.courier, ReportStarted(job, started_at))
         self.log.info("job_started", job_id=job.job_id, timeout_seconds=job.timeout_seconds)
@@ -179,8 +177,12 @@ class JobExecutorActor(MeshActor):
 
     def _run_in_helper(self, job: pb.Job, runner: ProcessRunner) -> None:
         """Helper thread: blocks until the job's group is gone, then tells the actor."""
-        store, job_id = self.store, job.job_id
-        outcome = runner.run(lambda pgid, token: tell_quietly(store, ProcessSpawned(job_id, pgid, token)))
+        node_id, store = self.node_id, self.store
+
+        def spawned(pgid: int, token: str) -> None:  # before ProcessExited, so the store sees it first
+            tell_quietly(store, JobStarted(job.job_id, node_id, utcnow(), job.attempt, pgid, token))
+
+        outcome = runner.run(spawned)
         tell_quietly(self.actor_ref, ProcessExited(job, outcome))
 
     def _record(self, job: pb.Job, outcome: ProcessOutcome) -> None:

@@ -73,19 +73,14 @@ class RecoverJobs(Query):
 
 @dataclass(frozen=True)
 class JobStarted(Event):
+    """The job's process group exists (pgid and token let a restart kill what a crash left)."""
+
     job_id: str
     executor_node: str
     started_at: Any  # datetime
     attempt: int = 0
-
-
-@dataclass(frozen=True)
-class ProcessSpawned(Event):
-    """From a job's helper thread: the job's process group exists (kept for crash clean-up)."""
-
-    job_id: str
-    pgid: int
-    token: str
+    pgid: int = 0
+    token: str = ""
 
 
 @dataclass(frozen=True)

@@ -78,15 +78,25 @@ class _Capped:
         self.dropped += max(0, len(chunk) - max(room, 0))
 
 
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown-boot"
+
+
+_BOOT_ID = _boot_id()
+
+
 def process_token(pid: int) -> str:
     """Who `pid` is: this boot's id and the process's start time, so a pid reused by another
     process after a crash is never mistaken for it. "" when /proc cannot tell."""
     try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            start = stat.read().rpartition(b")")[2].split()[19].decode()  # field 22: start, clock ticks
+    except (OSError, IndexError):
         return ""
-    return f"{boot}:{stat.rpartition(')')[2].split()[19]}"  # field 22: start time in clock ticks
+    return f"{_BOOT_ID}:{start}"
 
 
 def kill_leftover_group(pgid: int, token: str) -> bool:

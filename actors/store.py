@@ -20,7 +20,6 @@ from actors.messages import (
     ListUndelivered,
     LoadPeers,
     MarkDelivered,
-    ProcessSpawned,
     RecoverJobs,
     RetargetJob,
     SavePeers,
@@ -74,17 +73,11 @@ class StoreActor(MeshActor):
         with orm.db_session:
             return jobs.recover_after_restart(self.db, message.node_id, utcnow())
 
-    @handles(ProcessSpawned)
-    def _spawned(self, message: ProcessSpawned) -> None:
-        with orm.db_session:
-            jobs.record_process(self.db, message.job_id, message.pgid, message.token)
-
     @handles(JobStarted)
     def _started(self, message: JobStarted) -> None:
         with orm.db_session:
-            jobs.mark_running(
-                self.db, message.job_id, message.executor_node, message.started_at, message.attempt
-            )
+            m = message
+            jobs.mark_running(self.db, m.job_id, m.executor_node, m.started_at, m.attempt, m.pgid, m.token)
 
     @handles(JobFinished)
     def _finished(self, message: JobFinished) -> None:

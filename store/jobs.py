@@ -158,12 +158,20 @@ def count_by_status(db: orm.Database) -> dict[str, int]:
 
 
 def mark_running(
-    db: orm.Database, job_id: str, executor_node: str, started_at: datetime, attempt: int = 0
+    db: orm.Database,
+    job_id: str,
+    executor_node: str,
+    started_at: datetime,
+    attempt: int = 0,
+    pgid: int = 0,
+    token: str = "",
 ) -> bool:
     """PENDING → RUNNING; False (and nothing changed) if the job is unknown, already final, or
-    `attempt` (when given) is older than the job's current attempt."""
+    `attempt` (when given) is older than the job's current attempt. `pgid` and `token` identify
+    the job's process group when it runs here, so a restart after a crash can kill it."""
     cursor = db.execute(
-        "UPDATE jobs SET status = $running, executor_node = $executor, started_at = $started "
+        "UPDATE jobs SET status = $running, executor_node = $executor, started_at = $started, "
+        "pgid = $pgid, process_token = $token "
         "WHERE job_id = $job_id AND status NOT IN ($f1, $f2, $f3, $f4) "
         "AND ($attempt = 0 OR attempt <= $attempt)",
         {
@@ -172,6 +180,8 @@ def mark_running(
             "started": _sql_time(started_at),
             "job_id": job_id,
             "attempt": attempt,
+            "pgid": pgid or None,
+            "token": token,
             **dict(zip(("f1", "f2", "f3", "f4"), _FINAL_NAMES, strict=True)),
         },
     )
@@ -239,14 +249,6 @@ def _update(db: orm.Database, job_id: str, changes: dict[str, Any]) -> None:
         assignments = ", ".join(f"{column} = ${column}" for column in changes)  # names are ours
         sql = f"UPDATE jobs SET {assignments} WHERE job_id = $job_id"  # noqa: S608 - our column names
         db.execute(sql, {**changes, "job_id": job_id})
-
-
-def record_process(db: orm.Database, job_id: str, pgid: int, token: str) -> None:
-    """Remember the process group a running job has, so a crash can be cleaned up after."""
-    db.execute(
-        "UPDATE jobs SET pgid = $pgid, process_token = $token WHERE job_id = $job_id",
-        {"pgid": pgid, "token": token, "job_id": job_id},
-    )
 
 
 def recover_after_restart(

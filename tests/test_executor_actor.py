@@ -95,11 +95,7 @@ def test_jobs_run_one_at_a_time_in_the_order_they_came_with_one_slot(harness: Ca
 
     wait_for(lambda: len(h.finished()) == 3, what="three results")
 
-    events = [
-        (type(m).__name__, getattr(m, "job_id", None) or m.result.job_id)
-        for m in h.messages()
-        if type(m).__name__ != "ProcessSpawned"  # the process group, kept for crash clean-up
-    ]
+    events = [(type(m).__name__, getattr(m, "job_id", None) or m.result.job_id) for m in h.messages()]
     assert events == [
         ("JobStarted", ids[0]), ("JobFinished", ids[0]),
         ("JobStarted", ids[1]), ("JobFinished", ids[1]),
@@ -117,12 +113,12 @@ def test_no_more_than_max_jobs_run_at_once_and_the_rest_wait_in_order(
 
     wait_for(lambda: len(h.started()) == 2, what="two jobs to start")
     assert h.load() == Load(running=2, queued=3, capacity=2)
-    assert h.started() == ids[:2]
+    assert set(h.started()) == set(ids[:2])  # both at once: their start reports may cross
 
     assert h.executor.ask(CancelRun(ids[0]), timeout=5) is True
     wait_for(lambda: len(h.started()) == 3, what="the next queued job to start")
 
-    assert h.started() == ids[:3]
+    assert set(h.started()) == set(ids[:3])
     assert h.load() == Load(running=2, queued=2, capacity=2)
 
 
