@@ -9,115 +9,38 @@ is ever sent from the host's namespace to a lab address. The lab is torn down wh
 from __future__ import annotations
 
 import ipaddress
-import os
-import shutil
-import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from proto.seal import generate_key
 from tests.meshnodes import MeshNode, all_see_all, wait_until
+from tests.netlab import Lab, ip, needs_root_and_ip
 
 INTERVAL = 0.2
 PEER_TIMEOUT = 1.0
 HOSTS = 3
 
-pytestmark = [
-    pytest.mark.lan,
-    pytest.mark.skipif(
-        shutil.which("ip") is None, reason="needs iproute2's `ip` to build network namespaces"
-    ),
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create network namespaces and a bridge"),
-]
-
-
-def ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=20)
-
-
-@dataclass
-class Host:
-    netns: str
-    veth: str  # the host-side end, on the bridge: pulling it down cuts this host off
-    address: str
-    node: MeshNode
-
-
-class Lan:
-    """A bridge and three namespaces with one node each; `close()` removes everything it made."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        pid = os.getpid()
-        self.tag = f"wm{pid}"
-        self.bridge = f"br{self.tag}"
-        self.network = ipaddress.IPv4Network(f"10.{pid // 256 % 200 + 20}.{pid % 256}.0/24")
-        self.tmp_path = tmp_path
-        self.hosts: list[Host] = []
-        self.namespaces: list[str] = []
-        self.bridge_made = False
-
-    def build(self) -> None:
-        self.key_file = self.tmp_path / "mesh.key"
-        self.key_file.write_text(generate_key() + "\n")
-        ip("link", "add", self.bridge, "type", "bridge")
-        self.bridge_made = True
-        ip("link", "set", self.bridge, "up")
-        for i in range(1, HOSTS + 1):
-            netns, veth, address = f"{self.tag}-{i}", f"v{self.tag}{i}", str(self.network[i + 1])
-            ip("netns", "add", netns)
-            self.namespaces.append(netns)
-            ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", netns)
-            ip("link", "set", veth, "master", self.bridge, "up")
-            ip("-n", netns, "addr", "add", f"{address}/{self.network.prefixlen}", "brd", "+", "dev", "eth0")
-            ip("-n", netns, "link", "set", "eth0", "up")
-            ip("-n", netns, "link", "set", "lo", "up")
-            node = MeshNode(f"host{i}", self.node_args(i), self.tmp_path / "logs", netns=netns)
-            self.hosts.append(Host(netns, veth, address, node))
-        for host in self.hosts:
-            host.node.start()
-        for host in self.hosts:
-            host.node.wait_started()
-
-    def node_args(self, i: int) -> list[str]:
-        return [
-            "--api-host",
-            "127.0.0.1",
-            "--api-port",
-            "3000",
-            "--broadcast",
-            str(self.network.broadcast_address),
-            "--heartbeat-interval",
-            f"{INTERVAL}s",
-            "--peer-timeout",
-            f"{PEER_TIMEOUT}s",
-            "--data-dir",
-            str(self.tmp_path / f"host{i}"),
-            "--key-file",  # a LAN mesh needs a key
-            str(self.key_file),
-        ]
-
-    @property
-    def nodes(self) -> list[MeshNode]:
-        return [host.node for host in self.hosts]
-
-    def close(self) -> None:
-        for host in self.hosts:
-            host.node.kill()
-        for netns in self.namespaces:
-            subprocess.run(["ip", "netns", "del", netns], check=False, capture_output=True, timeout=20)
-        if self.bridge_made:
-            subprocess.run(["ip", "link", "del", self.bridge], check=False, capture_output=True, timeout=20)
+pytestmark = needs_root_and_ip
 
 
 @pytest.fixture
-def lan(tmp_path: Path) -> Iterator[Lan]:
-    lab = Lan(tmp_path)
+def lan(tmp_path: Path) -> Iterator[Lab]:
+    key_file = tmp_path / "mesh.key"  # a LAN mesh needs a key
+    key_file.write_text(generate_key() + "\n")
+
+    def node_args(i: int, _address: str) -> list[str]:
+        return [
+            *("--api-host", "127.0.0.1", "--api-port", "3000"),
+            *("--broadcast", lab.broadcast, "--key-file", str(key_file)),
+            *("--heartbeat-interval", f"{INTERVAL}s", "--peer-timeout", f"{PEER_TIMEOUT}s"),
+            *("--data-dir", str(tmp_path / f"host{i}")),
+        ]
+
+    lab = Lab(tmp_path, "wm", HOSTS, node_args)
     try:
-        lab.build()
-        yield lab
+        yield lab.build()
     finally:
         lab.close()
 
@@ -131,7 +54,7 @@ def status_of(observer: MeshNode, node_id: str) -> str | None:
     return found[0] if found else None
 
 
-def test_nodes_on_three_hosts_find_each_other_by_broadcast_with_addresses_in_their_subnet(lan: Lan) -> None:
+def test_nodes_on_three_hosts_find_each_other_by_broadcast_with_addresses_in_their_subnet(lan: Lab) -> None:
     took = wait_until(lambda: all_see_all(lan.nodes), 15.0, "every host's node to list the other two")
     print(f"\nthree hosts listed each other {took:.3f}s after all three had started")
 
@@ -151,7 +74,7 @@ def test_nodes_on_three_hosts_find_each_other_by_broadcast_with_addresses_in_the
 
 
 def test_a_host_cut_off_from_the_bridge_is_marked_failed_by_the_others_and_rejoins_when_restored(
-    lan: Lan,
+    lan: Lab,
 ) -> None:
     wait_until(lambda: all_see_all(lan.nodes), 15.0, "every host's node to list the other two")
     *others, cut = lan.hosts
