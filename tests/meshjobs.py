@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +142,16 @@ def wait_status(node: MeshNode, job_id: str, statuses: set[str] | frozenset[str]
 
     wait_until(reached, timeout, f"job {job_id} on {node.name} to reach {sorted(statuses)}", 0.05)
     return seen[0]  # type: ignore[return-value]
+
+
+def wait_nothing_unsettled(origin: MeshNode, since: float, timeout: float) -> None:
+    """Wait until no job on `origin` is PENDING or RUNNING; print how long after `since` it took."""
+    wait_until(
+        lambda: not [j for j in jobs(origin) if j["status"] in UNSETTLED],
+        timeout,
+        "no job left PENDING or RUNNING on the origin",
+    )
+    print(f"\nnothing unsettled on the origin {time.monotonic() - since:.2f}s after kill -9")
 
 
 def peer_status(observer: MeshNode, node_id: str) -> str | None:

@@ -50,7 +50,7 @@ class Lab:
         pid = os.getpid()
         self.tag = f"{tag}{pid}"
         self.bridge = f"br{self.tag}"
-        # 10.220-249.y, from the pid: two test runs never share a subnet (labs in one run never overlap).
+        # 10.220-249.y from the pid: concurrent runs are unlikely to meet; one run tears each lab down.
         self.network = ipaddress.IPv4Network(f"10.{220 + pid % 30}.{pid // 30 % 256}.0/24")
         self.tmp_path = tmp_path
         self.count = hosts

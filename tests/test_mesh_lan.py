@@ -20,13 +20,12 @@ import pytest
 from tests.meshjobs import (
     INTERVAL,
     PEER_TIMEOUT,
-    UNSETTLED,
     finals,
     job_body,
-    jobs,
     kill_job_groups,
     submit,
     submit_many,
+    wait_nothing_unsettled,
     wait_status,
 )
 from tests.meshnodes import RUN_NODE, all_see_all, wait_until
@@ -114,13 +113,7 @@ def test_a_killed_host_s_queued_jobs_complete_on_another_host_and_its_running_jo
         wait_status(victim, waiting["job_id"], {"JOB_PENDING"}, 10)
 
     victim.kill()
-    killed = time.monotonic()
-    wait_until(
-        lambda: not [j for j in jobs(origin) if j["status"] in UNSETTLED],
-        SETTLE,
-        "no job left PENDING or RUNNING on the origin",
-    )
-    print(f"\nnothing unsettled on the origin {time.monotonic() - killed:.2f}s after kill -9")
+    wait_nothing_unsettled(origin, time.monotonic(), SETTLE)
 
     [lost] = finals(origin, [running["job_id"]])
     assert (lost["status"], lost["error"]) == ("JOB_FAILED", f"executor {victim.node_id} lost")

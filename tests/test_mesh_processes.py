@@ -21,7 +21,6 @@ from proto.codec import pb, to_timestamp, utcnow
 from tests.helpers import group_is_gone
 from tests.meshjobs import (
     PEER_TIMEOUT,
-    UNSETTLED,
     Cluster,
     expect,
     finals,
@@ -31,6 +30,7 @@ from tests.meshjobs import (
     peer_status,
     submit,
     submit_many,
+    wait_nothing_unsettled,
     wait_status,
 )
 from tests.meshnodes import MeshNode, wait_until
@@ -140,13 +140,7 @@ def test_a_killed_executor_s_queued_jobs_complete_elsewhere_and_its_running_jobs
         wait_status(victim, waiting["job_id"], {"JOB_PENDING"}, 10)
 
     victim.kill()
-    killed = time.monotonic()
-    wait_until(
-        lambda: not [j for j in jobs(origin) if j["status"] in UNSETTLED],
-        SETTLE,
-        "no job left PENDING or RUNNING on the origin",
-    )
-    print(f"\nnothing unsettled on the origin {time.monotonic() - killed:.2f}s after kill -9")
+    wait_nothing_unsettled(origin, time.monotonic(), SETTLE)
 
     [lost] = finals(origin, [running["job_id"]])
     assert (lost["status"], lost["error"]) == ("JOB_FAILED", f"executor {victim.node_id} lost")
