@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pykka
@@ -64,7 +64,6 @@ class _Handoff:
     rest: list[Candidate]
     pinned: bool
     attempts: int = 1
-    tried: list[str] = field(default_factory=list)
 
 
 def candidate_of(peer: Peer) -> Candidate:
@@ -120,7 +119,7 @@ class DispatcherActor(MeshActor):
             )
         me, peers = self._me(), self._peers()
         if message.pinned:
-            order = [self._pinned_target(message.pinned, me, peers)]
+            order = [self._pinned_target(message.pinned, me)]
         else:
             order = rank(me, [candidate_of(p) for p in peers], self._sent_counts(peers), self.rng)
             if not order:
@@ -146,7 +145,7 @@ class DispatcherActor(MeshActor):
         self._dispatch(job, order, pinned=bool(message.pinned))
         return returned
 
-    def _pinned_target(self, node_id: str, me: Candidate, peers: list[Peer]) -> Candidate:
+    def _pinned_target(self, node_id: str, me: Candidate) -> Candidate:
         if node_id == self.node_id:
             if self.draining:
                 raise Refusal("conflict", "node_draining", f"{node_id} (this node) is draining")
@@ -158,7 +157,6 @@ class DispatcherActor(MeshActor):
             raise Refusal("conflict", "node_not_live", f"{node_id} is {peer.state.value}, not live")
         if peer.heartbeat.status == pb.DRAINING:
             raise Refusal("conflict", "node_draining", f"{node_id} is draining")
-        del peers
         return candidate_of(peer)
 
     def _dispatch(self, job: pb.Job, order: list[Candidate], pinned: bool) -> None:
@@ -166,7 +164,7 @@ class DispatcherActor(MeshActor):
         if target.node_id == self.node_id:
             self.executor.tell(RunJob(job))
             return
-        state = _Handoff(job, list(order[1:]), pinned, tried=[target.node_id])
+        state = _Handoff(job, list(order[1:]), pinned)
         self.inflight[job.job_id] = state
         self._send_handoff(state, target)
 
@@ -218,7 +216,6 @@ class DispatcherActor(MeshActor):
             self._retarget_and_run_here(state.job)
             return
         if self._retarget(state.job, target.node_id, state.job.attempt):
-            state.tried.append(target.node_id)
             self._send_handoff(state, target)
         else:
             del self.inflight[message.job_id]  # settled meanwhile (cancelled)
