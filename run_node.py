@@ -39,11 +39,12 @@ def _positive_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="run_node.py",
+        usage="%(prog)s [options]\n       %(prog)s keygen",
         description="Start one worker-mesh node: a REST API that takes shell jobs, runs them and keeps "
         "their history in SQLite.",
         epilog="Environment: LOG_LEVEL, DISCOVERY_PORT, HEARTBEAT_INTERVAL, PEER_TIMEOUT (a flag wins over "
         "its variable), MESH_KEY (mesh keys, when there is no --key-file), MESH_API_TOKEN (when there is "
-        "no --api-token-file). Durations: 5s, 500ms, 2m or plain seconds. Signals: SIGINT/SIGTERM stop "
+        "no --api-token-file). Durations: 5s, 500ms, 2m, 1h or plain seconds. Signals: SIGINT/SIGTERM stop "
         "cleanly (a second one exits at once), SIGHUP re-reads --key-file. "
         "Other command: `run_node.py keygen` prints a new mesh key. "
         "Example: python run_node.py --api-port 3002",
@@ -154,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level",
         default=os.environ.get("LOG_LEVEL", "info"),
-        help="debug, info (default), warning, error; also LOG_LEVEL",
+        help="debug, info (default), warning, error, critical; also LOG_LEVEL",
     )
     return parser
 
@@ -166,6 +167,7 @@ def parse_config(argv: list[str]):
     from actors import security
     from actors.config import ConfigError, NodeConfig, Timing, parse_duration, parse_port
     from actors.logs import LEVELS
+    from proto.wire import NODE_ID
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -206,6 +208,9 @@ def parse_config(argv: list[str]):
             labels.append((key.strip(), value))
     except ConfigError as exc:
         parser.error(str(exc))
+    if args.node_id is not None and not NODE_ID.fullmatch(args.node_id):
+        # Checked before anything is created: the id also names the default data directory.
+        parser.error(f"--node-id {args.node_id!r}: use letters, digits, '.', '_' or '-' (at most 63)")
     if args.log_level.lower() not in LEVELS:
         parser.error(f"--log-level: {args.log_level!r} is not one of {', '.join(LEVELS)}")
     if args.data_dir:
@@ -239,13 +244,24 @@ def parse_config(argv: list[str]):
     return config, args
 
 
+def keygen(args: list[str]) -> int:
+    """`run_node.py keygen`: print a new random 32-byte mesh key, base64."""
+    if args in (["-h"], ["--help"]):
+        print("usage: run_node.py keygen\n\nPrints a new random 32-byte mesh key, base64, for --key-file.")
+        return 0
+    if args:
+        print(f"run_node.py: error: keygen takes no arguments, got {' '.join(args)}", file=sys.stderr)
+        return EXIT_USAGE
+    from proto.seal import generate_key
+
+    print(generate_key())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["keygen"]:
-        from proto.seal import generate_key
-
-        print(generate_key())  # a new random 32-byte mesh key, base64
-        return 0
+        return keygen(argv[1:])
     config, args = parse_config(argv)
     from actors import logs
     from actors.node import Node, StartError
@@ -255,8 +271,11 @@ def main(argv: list[str] | None = None) -> int:
     stop, reload = threading.Event(), threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
-        if stop.is_set():
-            os._exit(128 + signum)  # second signal: leave now
+        if stop.is_set():  # second signal: leave now, but leave no job behind
+            from actors.process import kill_all_groups
+
+            kill_all_groups()
+            os._exit(128 + signum)
         stop.set()
 
     def on_hangup(_signum: int, _frame: object) -> None:

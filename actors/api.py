@@ -34,6 +34,7 @@ from actors.peers import peer_json
 from actors.security import security_status
 from actors.settled import SettledWatch
 from proto.codec import FINAL_STATUSES, node_status_name, pb
+from proto.seal import KeyHolder
 from web.app import Unavailable, make_app
 
 
@@ -51,6 +52,7 @@ class ActorBackend:
         discovery: pykka.ActorRef[Any],
         settled: SettledWatch | None = None,
         mesh: Any = None,
+        keys: KeyHolder | None = None,
     ) -> None:
         self.node_id = node_id
         self.config = config
@@ -61,6 +63,7 @@ class ActorBackend:
         self.discovery = discovery
         self.settled = settled or SettledWatch()
         self.mesh = mesh
+        self.keys = keys or KeyHolder(None)
         self.started = time.monotonic()
 
     def _ask(self, ref: pykka.ActorRef[Any], message: Any) -> Any:
@@ -112,7 +115,7 @@ class ActorBackend:
             "peers": self._ask(self.registry, GetPeerCounts()),
             "discovery": self._ask(self.discovery, GetDiscoveryStats()),
             "mesh": {**(self.mesh.snapshot() if self.mesh else {}), **dispatch},
-            "security": security_status(self.config),
+            "security": security_status(self.config, self.keys.keyring.size if self.keys.keyring else 0),
         }
 
     def peers(self, include_all: bool) -> list[dict[str, Any]]:
@@ -133,12 +136,17 @@ class ApiActor(MeshActor):
             request_queue_size=64,
         )
         self.server.expiration_interval = 0.05  # how fast serve() notices stop(): 0.5 s by default
+        self.server.error_log = self._server_error  # a JSON line, not cheroot's plain text on stderr
         if config.tls_cert is not None:
             from cheroot.ssl.builtin import BuiltinSSLAdapter
 
             self.server.ssl_adapter = BuiltinSSLAdapter(str(config.tls_cert), str(config.tls_key))
         self.server.prepare()  # binds now: a busy port raises here, in the starting thread
         self.thread = threading.Thread(target=self.server.serve, name="api-server", daemon=True)
+
+    def _server_error(self, msg: str = "", level: int = 20, traceback: bool = False) -> None:
+        """cheroot's error hook (its threads): a client that speaks garbage or plain HTTP to TLS."""
+        self.log.debug("http_connection_error", message=msg, level_number=level, traceback=traceback)
 
     @property
     def port(self) -> int:

@@ -57,6 +57,7 @@ class ResultCourierActor(MeshActor):
         self.channel = channel or wire.Channel(node_id, incarnation)
         self.due: dict[str, tuple[float, int]] = {}  # job id → (when to try next, failures so far)
         self.sending: set[str] = set()
+        self.changed_while_sending: set[str] = set()  # send again: the stored result grew meanwhile
         self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="courier")
         self.ticker: Ticker | None = None
 
@@ -77,6 +78,9 @@ class ResultCourierActor(MeshActor):
 
     @handles(Deliver)
     def _deliver(self, message: Deliver) -> None:
+        # A cancelled job is delivered twice: at once, and again with its process's output.
+        if message.job_id in self.sending:
+            self.changed_while_sending.add(message.job_id)
         self.due[message.job_id] = (0.0, self.due.get(message.job_id, (0.0, 0))[1])
         self._try(message.job_id)
 
@@ -95,10 +99,15 @@ class ResultCourierActor(MeshActor):
     def _done(self, message: DeliveryDone) -> None:
         self.sending.discard(message.job_id)
         if message.ok:
+            self.log.info("result_delivered", job_id=message.job_id)
+            if message.job_id in self.changed_while_sending:
+                self.changed_while_sending.discard(message.job_id)
+                self._try(message.job_id)
+                return
             self.due.pop(message.job_id, None)
             self.store.tell(MarkDelivered(message.job_id))
-            self.log.info("result_delivered", job_id=message.job_id)
             return
+        self.changed_while_sending.discard(message.job_id)  # the retry sends what is stored then
         self._back_off(message.job_id, message.error)
 
     @handles(ReportStarted)

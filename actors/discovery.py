@@ -34,6 +34,7 @@ from actors.messages import (
     SendHeartbeat,
     StartAnnouncing,
 )
+from actors.security import is_loopback
 from actors.timer import Ticker
 from proto import wire
 from proto.codec import node_status_name, pb, utcnow
@@ -64,6 +65,9 @@ class DiscoveryActor(MeshActor):
         self.load = Load(0, 0, config.max_jobs)
         self.draining = False
         self.channel = channel or wire.Channel(node_id, incarnation)
+        # Unsealed and not --insecure: the mesh is this host only, so is what it listens to (the
+        # socket is bound to 0.0.0.0 to hear broadcasts, and so could hear the LAN too).
+        self.local_only = not self.channel.sealed and not config.insecure
         self.metadata = {"hostname": socket.gethostname(), "pid": str(os.getpid()), **dict(config.labels)}
         self.stats: dict[str, Any] = {
             "heartbeats_sent": 0,
@@ -145,6 +149,9 @@ class DiscoveryActor(MeshActor):
         env = message.envelope
         if env.sender_id == self.node_id:
             return  # our own broadcast, looped back
+        if self.local_only and not is_loopback(message.host):
+            self._drop("not_local", "an unsealed node hears only its own host", message.host)
+            return
         body = env.WhichOneof("body")
         wall = utcnow()
         if body == "heartbeat":
@@ -197,6 +204,7 @@ class DiscoveryActor(MeshActor):
         info.queued = self.load.queued
         info.capacity = self.load.capacity
         info.incarnation = self.incarnation
+        info.api_tls = self.config.tls_cert is not None
         info.metadata.update(self.metadata)
         info.last_heartbeat.CopyFrom(env.sent_at)
         return env

@@ -127,6 +127,7 @@ class DispatcherActor(MeshActor):
                     "unavailable", "no_node_available", "this node is draining and no live peer can take jobs"
                 )
         job.target_node_id = order[0].node_id
+        job.pinned = bool(message.pinned)
         job.status = pb.JOB_PENDING
         job.attempt = job.attempt or 1
         self.store.ask(InsertJob(job), timeout=self.timing.ask_timeout)
@@ -240,6 +241,9 @@ class DispatcherActor(MeshActor):
             if job.job_id in self.inflight:
                 continue  # the hand-off's own outcome decides where it goes
             started = job.status == pb.JOB_RUNNING
+            if job.pinned:
+                self._settle(job, pb.JOB_FAILED, f"pinned node {node_id} lost")
+                continue
             if started and job.attempt > job.retries:
                 self._settle(job, pb.JOB_FAILED, f"executor {node_id} lost")
                 continue

@@ -87,6 +87,8 @@ def configure(level: str = "info", fmt: str = "json", stream: TextIO | None = No
     root.setLevel(numeric)
     # cheroot logs every client hiccup at ERROR; only real trouble should reach users.
     logging.getLogger("cheroot").setLevel(max(numeric, logging.WARNING))
+    # pykka logs every exception an ask returns to its caller (a 404 or 409 here) with a traceback.
+    logging.getLogger("pykka").setLevel(max(numeric, logging.WARNING))
 
 
 def get_logger(**bound: Any) -> Any:

@@ -28,7 +28,7 @@ from actors.inbox import MeshInbox
 from actors.logs import get_logger
 from actors.mesh_transport import MeshListener
 from actors.messages import AddPeerListener, AnnounceLeave, RecoverJobs, RunJob, StartAnnouncing
-from actors.peers import PeerRegistryActor
+from actors.peers import PeerRegistryActor, api_url
 from actors.policy import CommandPolicy
 from actors.process import kill_leftover_group
 from actors.security import security_warnings
@@ -88,7 +88,7 @@ class Node:
             raise
         self.log.info(
             "node_started",
-            api_url=f"{'https' if self.config.tls_cert else 'http'}://{self.config.api_host}:{self.api_port}/api/v1",
+            api_url=api_url(self.config.api_host, self.api_port, tls=self.config.tls_cert is not None),
             mesh_address=f"{self.config.mesh_host}:{self.mesh_port}",
             data_dir=str(self.config.data_dir),
             db_path=str(self.data_dir.db_path),
@@ -151,7 +151,16 @@ class Node:
             self.log.info("jobs_recovered", pending=len(pending))
         self._mesh.start(MeshInbox(node_id, incarnation, dispatcher, timing.ask_timeout, channel).handle)
         backend = ActorBackend(
-            node_id, cfg, store, executor, dispatcher, registry, discovery, self.settled, self._mesh
+            node_id,
+            cfg,
+            store,
+            executor,
+            dispatcher,
+            registry,
+            discovery,
+            self.settled,
+            self._mesh,
+            self.keys,
         )
         try:
             api = self._keep(ApiActor.start(cfg, backend))

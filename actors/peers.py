@@ -116,6 +116,12 @@ class PeerRegistryActor(MeshActor):
             self.ticker.stop()
 
 
+def api_url(host: str, port: int, tls: bool = False) -> str:
+    """`http://127.0.0.1:3000/api/v1`; IPv6 hosts in brackets."""
+    shown = f"[{host}]" if ":" in host else host
+    return f"{'https' if tls else 'http'}://{shown}:{port}/api/v1"
+
+
 def peer_json(peer: Peer, now: float | None = None) -> dict[str, Any]:
     """One item of GET /api/v1/peers."""
     hb = peer.heartbeat
@@ -128,7 +134,7 @@ def peer_json(peer: Peer, now: float | None = None) -> dict[str, Any]:
     return {
         "node_id": hb.node_id,
         "address": hb.address,
-        "api_url": f"http://{hb.host}:{hb.api_port}/api/v1" if hb.api_port else None,
+        "api_url": api_url(hb.host, hb.api_port, tls=hb.api_tls) if hb.api_port else None,
         "status": status,
         "last_heartbeat": rfc3339(peer.last_heard_wall),
         "last_seen_seconds_ago": round(max(0.0, ago), 3),

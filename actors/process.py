@@ -78,6 +78,20 @@ class _Capped:
         self.dropped += max(0, len(chunk) - max(room, 0))
 
 
+_live_groups: set[int] = set()  # process groups of running jobs, for kill_all_groups()
+_live_lock = threading.Lock()
+
+
+def kill_all_groups() -> int:
+    """SIGKILL every running job's group at once; for a node that must exit right now (a second
+    signal). Safe from a signal handler's thread. Returns how many groups were signalled."""
+    with _live_lock:
+        groups = list(_live_groups)
+    for pgid in groups:
+        _signal_group(pgid, signal.SIGKILL)
+    return len(groups)
+
+
 def _boot_id() -> str:
     try:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
@@ -219,11 +233,15 @@ class ProcessRunner:
                 f"could not start: {exc}",
             )
             return self.outcome
+        with _live_lock:
+            _live_groups.add(proc.pid)
         if on_spawn is not None:
             on_spawn(proc.pid, process_token(proc.pid))
         try:
             self.outcome = self._supervise(proc, started_at)
         finally:
+            with _live_lock:
+                _live_groups.discard(proc.pid)
             self._close_wake()
         return self.outcome
 

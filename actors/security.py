@@ -123,7 +123,10 @@ def check_tls(cert: str | None, key: str | None) -> tuple[Path | None, Path | No
     try:
         context.load_cert_chain(cert, key)
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"--tls-cert/--tls-key: {getattr(exc, 'strerror', None) or exc}") from None
+        raise ConfigError(
+            f"--tls-cert/--tls-key: {getattr(exc, 'strerror', None) or exc} "
+            "(both must be PEM files, and the key must belong to the certificate)"
+        ) from None
     return Path(cert), Path(key)
 
 
@@ -160,11 +163,11 @@ def security_warnings(config: NodeConfig) -> list[str]:
     )
 
 
-def security_status(config: NodeConfig) -> dict[str, object]:
+def security_status(config: NodeConfig, keys_in_use: int) -> dict[str, object]:
     """The `security` section of /api/v1/status (no secret in it)."""
     return {
         "sealed": bool(config.keys),
-        "keys": len(config.keys),
+        "keys": keys_in_use,
         "api_token": config.api_token is not None,
         "tls": config.tls_cert is not None,
         "insecure": config.insecure,

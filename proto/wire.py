@@ -29,6 +29,7 @@ SEALED_PREFIX = MAGIC + bytes([VERSION, FLAGS_SEALED])
 MAX_DATAGRAM = 8192  # heartbeats are a few hundred bytes; anything near this is not ours
 MAX_FRAME = 4 * 1024 * 1024  # a result carries at most 1 MiB of stdout and 1 MiB of stderr
 FRAME_HEADER = struct.Struct(">I")
+# A node id: also a single path component (it may name a data directory), never "." or "..".
 NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 DROP_REASONS = (
@@ -47,6 +48,7 @@ DROP_REASONS = (
     "bad_key",
     "tampered",
     "replayed",
+    "not_local",
 )
 
 
@@ -74,6 +76,7 @@ class Heartbeat:
     capacity: int
     version: str
     metadata: tuple[tuple[str, str], ...] = field(default=())
+    api_tls: bool = False
 
     @property
     def address(self) -> str:
@@ -229,6 +232,7 @@ def heartbeat_from(env: pb.Envelope, host: str) -> Heartbeat:
         capacity=info.capacity,
         version=info.version[:64],
         metadata=metadata,
+        api_tls=info.api_tls,
     )
 
 

@@ -6,12 +6,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import re
 import secrets
 import time
 from pathlib import Path
 
-NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+from proto.wire import NODE_ID
 
 
 class DataDirError(Exception):

@@ -40,8 +40,8 @@ def insert_job(db: orm.Database, job: pb.Job) -> None:
     db.execute(
         "INSERT INTO jobs (job_id, command, env, timeout_seconds, status, target_node, created_by_node, "
         "executor_node, created_at, stdout_truncated, stderr_truncated, error, retries, attempt, delivered, "
-        "notes, process_token) VALUES ($job_id, $command, $env, $timeout, $status, $target, $origin, "
-        "'', $created, 0, 0, '', $retries, $attempt, 1, '', '')",
+        "notes, process_token, pinned) VALUES ($job_id, $command, $env, $timeout, $status, $target, "
+        "$origin, '', $created, 0, 0, '', $retries, $attempt, 1, '', '', $pinned)",
         {
             "job_id": job.job_id,
             "command": job.command,
@@ -53,6 +53,7 @@ def insert_job(db: orm.Database, job: pb.Job) -> None:
             "created": _sql_time(from_timestamp(job.created_at)),
             "retries": job.retries,
             "attempt": job.attempt or 1,
+            "pinned": job.pinned,
         },
     )
 
@@ -78,6 +79,7 @@ def _to_job(row: Any) -> pb.Job:
         created_by_node=row.created_by_node,
         retries=row.retries,
         attempt=row.attempt,
+        pinned=bool(row.pinned),
     )
     _set_ts(job.created_at, row.created_at)
     return job
@@ -107,7 +109,7 @@ def _to_record(row: Any, *, with_output: bool) -> pb.JobRecord:
 _COLUMNS = (
     "job_id, command, env, timeout_seconds, status, target_node, created_by_node, executor_node, "
     "created_at, started_at, finished_at, exit_code, stdout, stderr, stdout_truncated, stderr_truncated, "
-    "error, retries, attempt, notes"
+    "error, retries, attempt, notes, pinned"
 )
 _FINAL_NAMES = tuple(status_name(s) for s in sorted(FINAL_STATUSES))
 

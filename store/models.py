@@ -38,6 +38,7 @@ def open_database(path: Path) -> orm.Database:
         stderr_truncated = orm.Required(bool, default=False)
         error = orm.Optional(str, default="")
         retries = orm.Required(int, default=0)
+        pinned = orm.Required(bool, default=False)
         attempt = orm.Required(int, default=1)
         # On the executor of a job created elsewhere: False until the origin has acknowledged the result.
         delivered = orm.Required(bool, default=True, index=True)

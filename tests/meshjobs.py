@@ -13,6 +13,7 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +143,23 @@ def wait_status(node: MeshNode, job_id: str, statuses: set[str] | frozenset[str]
 
     wait_until(reached, timeout, f"job {job_id} on {node.name} to reach {sorted(statuses)}", 0.05)
     return seen[0]  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def only_route_to(origin: MeshNode, others: list[MeshNode]) -> Iterator[None]:
+    """While inside, `origin` and `others` drain, so jobs posted to `origin` all go to the one
+    node left (unpinned, so they may move on if it dies); they resume on the way out."""
+    for node in (origin, *others):
+        expect(node.call("POST", "/drain"), 200)
+    for node in others:
+        wait_until(
+            lambda n=node: peer_status(origin, n.node_id) == "DRAINING", 10, "the origin to see a drain"
+        )
+    yield
+    for node in (origin, *others):
+        expect(node.call("POST", "/resume"), 200)
+    for node in others:
+        wait_until(lambda n=node: peer_status(origin, n.node_id) == "IDLE", 10, "the origin to see a resume")
 
 
 def wait_nothing_unsettled(origin: MeshNode, since: float, timeout: float) -> None:

@@ -3,6 +3,7 @@ everything seen here comes from start-up, replies, status changes and leave noti
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from actors.peers import PeerRegistryActor
 from actors.transport import MemoryNetwork, MemoryTransport
 from proto import wire
 from proto.codec import pb
+from proto.seal import KeyHolder, Keyring
 from tests.helpers import wait_for
 
 SLOW = Timing(heartbeat_interval=60.0, peer_timeout=180.0)
@@ -144,3 +146,33 @@ def test_a_node_that_has_not_started_announcing_is_silent(members: Any, network:
     wait_for(lambda: quiet.peer_ids() == ["node-a"], 2.0, what="the quiet node to hear node-a")
     assert quiet.transport.sent == []
     assert a.peer_ids() == []
+
+
+def test_an_unsealed_node_ignores_heartbeats_from_beyond_its_host(members: Any) -> None:
+    # Out of the box the mesh is this host only: a LAN host's unicast heartbeat must not join it.
+    a = members("node-a", 3001)
+    env = wire.envelope("node-lan", 1, 1)
+    env.heartbeat.status = pb.IDLE
+    env.heartbeat.api_port = 3009
+    a.transport.receive(wire.encode(env), "192.0.2.7")
+    wait_for(lambda: a.stats()["dropped"]["not_local"] == 1, 2.0, what="the datagram to be dropped")
+    assert a.peers(include_all=True) == []
+
+
+def test_a_sealed_node_takes_heartbeats_from_other_hosts_with_its_key(network: MemoryNetwork) -> None:
+    keys = KeyHolder(Keyring([os.urandom(32)]))
+    config = NodeConfig(data_dir=Path("/nonexistent"), timing=SLOW)
+    registry = PeerRegistryActor.start("node-a", SLOW.peer_timeout, None)
+    channel = wire.Channel("node-a", 1, keys)
+    discovery = DiscoveryActor.start(config, "node-a", 1, registry, network.transport(), channel)
+    try:
+        sender = wire.Channel("node-lan", 1, keys)
+        env = sender.envelope()
+        env.heartbeat.status = pb.IDLE
+        env.heartbeat.api_port = 3009
+        network.deliver(sender.datagram(env), "192.0.2.7")
+        seen = wait_for(lambda: registry.ask(ListPeers(), timeout=5), 2.0, what="the LAN peer")
+        assert [(p.node_id, p.heartbeat.host) for p in seen] == [("node-lan", "192.0.2.7")]
+    finally:
+        discovery.stop()
+        registry.stop()

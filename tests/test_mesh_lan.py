@@ -23,6 +23,7 @@ from tests.meshjobs import (
     finals,
     job_body,
     kill_job_groups,
+    only_route_to,
     submit,
     submit_many,
     wait_nothing_unsettled,
@@ -105,9 +106,10 @@ def test_peers_announce_mesh_addresses_on_their_own_host_and_thirty_jobs_spread_
 
 def test_a_killed_host_s_queued_jobs_complete_on_another_host_and_its_running_job_fails(lab: JobLab) -> None:
     origin, victim, spare = (host.node for host in lab.hosts)
-    pin = {"target_node": victim.node_id}
-    running = submit(origin, f"echo $$ >> {lab.pidfile}; sleep 30", **pin)
-    queued = [submit(origin, "echo moved", **pin) for _ in range(2)]
+    with only_route_to(origin, [spare]):  # so everything lands on the victim, unpinned
+        running = submit(origin, f"echo $$ >> {lab.pidfile}; sleep 30")
+        queued = [submit(origin, "echo moved") for _ in range(2)]
+        assert {j["target_node"] for j in (running, *queued)} == {victim.node_id}
     wait_status(origin, running["job_id"], {"JOB_RUNNING"}, 10)
     for waiting in queued:
         wait_status(victim, waiting["job_id"], {"JOB_PENDING"}, 10)

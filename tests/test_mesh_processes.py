@@ -27,6 +27,7 @@ from tests.meshjobs import (
     job,
     job_body,
     jobs,
+    only_route_to,
     peer_status,
     submit,
     submit_many,
@@ -123,17 +124,17 @@ def test_a_job_pinned_to_an_unknown_node_is_404_and_to_a_draining_node_409_both_
 def test_a_killed_executor_s_queued_jobs_complete_elsewhere_and_its_running_jobs_fail_or_retry(
     cluster: Cluster, tmp_path: Path
 ) -> None:
-    origin, victim, _ = nodes = cluster.start("a", "b", "c")
+    origin, victim, spare = nodes = cluster.start("a", "b", "c")
     marker = tmp_path / "ran-once"
-    pin = {"target_node": victim.node_id}
-    running = submit(origin, cluster.tracked("sleep 30"), **pin)
-    retried = submit(
-        origin,
-        cluster.tracked(f"if [ -e {marker} ]; then echo again; else touch {marker}; sleep 30; fi"),
-        retries=1,
-        **pin,
-    )
-    queued = [submit(origin, "echo moved", **pin) for _ in range(2)]
+    with only_route_to(origin, [spare]):  # so everything lands on the victim, unpinned
+        running = submit(origin, cluster.tracked("sleep 30"))
+        retried = submit(
+            origin,
+            cluster.tracked(f"if [ -e {marker} ]; then echo again; else touch {marker}; sleep 30; fi"),
+            retries=1,
+        )
+        queued = [submit(origin, "echo moved") for _ in range(2)]
+        assert {j["target_node"] for j in (running, retried, *queued)} == {victim.node_id}
     for started in (running, retried):
         wait_status(origin, started["job_id"], {"JOB_RUNNING"}, 10)
     for waiting in queued:
@@ -260,3 +261,20 @@ def wait_until_text(path: Path, timeout: float = 10.0) -> str:
     """The stripped text of `path` once it has some."""
     wait_until(lambda: path.exists() and path.read_text().strip(), timeout, f"{path} to be written")
     return path.read_text().strip()
+
+
+def test_a_job_pinned_to_a_node_that_dies_fails_and_is_never_routed_elsewhere(cluster: Cluster) -> None:
+    origin, victim, _ = cluster.start("a", "b", "c")
+    pin = {"target_node": victim.node_id}
+    running = [submit(origin, cluster.tracked("sleep 30"), **pin) for _ in range(2)]  # both slots
+    waiting = submit(origin, "echo must-not-move", **pin)
+    for started in running:
+        wait_status(origin, started["job_id"], {"JOB_RUNNING"}, 10)
+    wait_status(victim, waiting["job_id"], {"JOB_PENDING"}, 10)
+
+    victim.kill()
+    wait_nothing_unsettled(origin, time.monotonic(), SETTLE)
+
+    for lost in finals(origin, [*(j["job_id"] for j in running), waiting["job_id"]]):
+        assert (lost["status"], lost["error"]) == ("JOB_FAILED", f"pinned node {victim.node_id} lost")
+        assert lost["target_node"] == victim.node_id

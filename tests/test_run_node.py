@@ -210,13 +210,15 @@ def test_a_second_signal_exits_at_once(tmp_path: Path, node_process: StartNode, 
     node = node_process(data_dir=data)
     stubborn = submit(node, "trap '' TERM; echo $$ > pgid; sleep 300")  # makes the clean stop slow
     wait_status(node, stubborn, "JOB_RUNNING")
-    reaper.append(read_pgid(data / "work" / "pgid"))
+    pgid = read_pgid(data / "work" / "pgid")
+    reaper.append(pgid)  # only matters if the node fails to kill it
 
     node.signal(signal.SIGTERM)
     wait_for(lambda: any(e["event"] == "node_stopping" for e in node.events()), what="node_stopping")
     node.signal(signal.SIGTERM)
 
     assert node.wait(timeout=5) == 128 + signal.SIGTERM
+    wait_for(lambda: group_is_gone(pgid), 5.0, what="the job's group to be killed on the way out")
 
 
 # --- logs and files ------------------------------------------------------------------------------

@@ -190,3 +190,16 @@ def test_a_job_id_that_is_not_a_uuid_is_a_404(job_id: str) -> None:
         job_id_param(job_id)
 
     assert caught.value.status == 404
+
+
+def test_a_key_given_twice_is_a_400_not_a_silent_last_one_wins() -> None:
+    with pytest.raises(ApiError) as caught:
+        parse_json_object(b'{"command": "echo a", "command": "rm -rf ~"}')
+    assert (caught.value.status, caught.value.code) == (400, "malformed_json")
+    assert "twice" in caught.value.message
+
+
+def test_an_env_value_longer_than_the_kernel_takes_is_a_400_at_submit_time() -> None:
+    with pytest.raises(ApiError) as caught:
+        job_from_body({"command": "true", "env": {"BIG": "x" * 200_000}}, "node-a")
+    assert (caught.value.status, caught.value.extra["field"]) == (400, "env")

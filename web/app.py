@@ -21,6 +21,7 @@ from web import openapi
 from web.errors import ApiError, dumps
 from web.validation import (
     check_json_content_type,
+    flag_param,
     job_from_body,
     job_id_param,
     list_params,
@@ -90,8 +91,8 @@ def _require_json() -> None:
     "simple" cross-site request from a browser page cannot drain a node."""
     check_json_content_type(bottle.request.content_type)
     raw = _read_body()
-    if raw.strip():
-        parse_json_object(raw)
+    if raw.strip() and parse_json_object(raw):
+        raise ApiError(400, "invalid_body", "this route takes no fields: send no body or {}")
 
 
 def _check_token(expected: str | None, path: str) -> None:
@@ -149,8 +150,7 @@ def make_app(backend: Backend, token: str | None = None) -> bottle.Bottle:
 
     @route("/peers")
     def peers() -> Any:
-        include_all = bottle.request.query.get("all", "").lower() in ("1", "true", "yes")
-        return _respond(200, backend.peers(include_all))
+        return _respond(200, backend.peers(flag_param(bottle.request.query, "all")))
 
     @route("/jobs", "POST")
     def submit() -> Any:

@@ -212,6 +212,15 @@ _STATE_ERRORS = {
 
 def document() -> dict[str, Any]:
     """The whole OpenAPI 3.1 document."""
+    doc = _document()
+    for path, operations in doc["paths"].items():
+        if path != "/api/v1/health":
+            for operation in operations.values():
+                operation["responses"]["401"] = _error("no or a wrong bearer token (nodes with an API token)")
+    return doc
+
+
+def _document() -> dict[str, Any]:
     json_body = {"application/json": {"schema": _ref("NewJob")}}
     return {
         "openapi": "3.1.0",
@@ -338,5 +347,16 @@ def document() -> dict[str, Any]:
                 "get": {"summary": "this document", "responses": {"200": {"description": "OpenAPI 3.1"}}}
             },
         },
-        "components": {"schemas": _SCHEMAS},
+        "components": {
+            "schemas": _SCHEMAS,
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "required on every route but /health when the node has an API token "
+                    "(--api-token-file or MESH_API_TOKEN); a missing or wrong one is 401",
+                }
+            },
+        },
+        "security": [{}, {"bearer": []}],
     }

@@ -9,6 +9,7 @@ from typing import Any
 
 from actors.config import DEFAULT_LIST_LIMIT, DEFAULT_TIMEOUT_SECONDS, MAX_LIST_LIMIT, MAX_TIMEOUT_SECONDS
 from proto.codec import JOB_STATUS_NAMES, pb, to_timestamp, utcnow
+from proto.wire import NODE_ID
 from web.errors import ApiError, bad_field
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -17,7 +18,6 @@ MAX_COMMAND_BYTES = 128 * 1024 - 1
 JOB_FIELDS = ("command", "env", "timeout_seconds", "target_node", "retries")
 MAX_RETRIES = 10
 MAX_WAIT_SECONDS = 300
-NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 
 def check_json_content_type(content_type: str | None) -> None:
@@ -35,10 +35,21 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError(f"the key {key!r} appears twice")
+        seen[key] = value
+    return seen
+
+
 def parse_json_object(raw: bytes) -> dict[str, Any]:
-    """The body as a JSON object; 400 for anything else."""
+    """The body as a JSON object; 400 for anything else (a key given twice included)."""
     try:
-        value = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+        value = json.loads(
+            raw.decode("utf-8"), parse_constant=_reject_constant, object_pairs_hook=_no_duplicates
+        )
     except UnicodeDecodeError:
         raise ApiError(400, "malformed_json", "body is not UTF-8") from None
     except ValueError as exc:
@@ -79,6 +90,8 @@ def _env(body: dict[str, Any]) -> dict[str, str]:
             raise bad_field("env", f"value of {name} must be a string")
         if "\x00" in value:
             raise bad_field("env", f"value of {name} must not contain NUL characters")
+        if len(name.encode()) + 1 + len(value.encode("utf-8", errors="surrogatepass")) > MAX_COMMAND_BYTES:
+            raise bad_field("env", f"{name}=... must be at most {MAX_COMMAND_BYTES} bytes (a kernel limit)")
     return env
 
 
@@ -149,6 +162,17 @@ def job_from_body(body: dict[str, Any], node_id: str) -> pb.Job:
     )
     job.created_at.CopyFrom(to_timestamp(utcnow()))
     return job
+
+
+def flag_param(query: Any, name: str) -> bool:
+    """A yes/no query parameter (`?all=true`); 400 for anything but true/false/1/0/yes/no."""
+    raw = query.get(name)
+    if raw is None:
+        return False
+    value = raw.strip().lower()
+    if value not in ("true", "false", "1", "0", "yes", "no", ""):
+        raise bad_field(name, "must be true or false")
+    return value in ("true", "1", "yes")
 
 
 def list_params(query: Any) -> tuple[int, int | None]:
