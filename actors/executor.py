@@ -73,15 +73,17 @@ class JobExecutorActor(MeshActor):
         self.base_env = env
         self.queue: deque[pb.Job] = deque()
         self.running: dict[str, _Running] = {}
+        self.queued_ids: set[str] = set()
 
     # -- messages -------------------------------------------------------------------------------
 
     @handles(RunJob)
     def _run_job(self, message: RunJob) -> None:
         job = message.job
-        if job.job_id in self.running or any(q.job_id == job.job_id for q in self.queue):
+        if job.job_id in self.running or job.job_id in self.queued_ids:
             return
         self.queue.append(job)
+        self.queued_ids.add(job.job_id)
         self._fill_slots()
         self._announce()
 
@@ -90,7 +92,8 @@ class JobExecutorActor(MeshActor):
         for job in self.queue:
             if job.job_id == message.job_id:
                 self.queue.remove(job)
-                self._settle_cancelled(job, message.reason)
+                self.queued_ids.discard(job.job_id)
+                self._settle(job, pb.JOB_CANCELLED, message.reason)
                 self.log.info("job_cancelled", job_id=job.job_id, while_status="JOB_PENDING")
                 self._announce()
                 return True
@@ -98,7 +101,7 @@ class JobExecutorActor(MeshActor):
         if entry is None:
             return False
         # The job is settled as cancelled now; its output follows when the group is gone.
-        self._settle_cancelled(entry.job, message.reason)
+        self._settle(entry.job, pb.JOB_CANCELLED, message.reason)
         entry.runner.cancel(message.reason)
         self.log.info("job_cancelled", job_id=message.job_id, while_status="JOB_RUNNING")
         return True
@@ -110,10 +113,8 @@ class JobExecutorActor(MeshActor):
             return
         self.queue = deque(job for job in self.queue if job.created_by_node != message.origin)
         for job in dropped:
-            result = pb.JobResult(job_id=job.job_id, status=pb.JOB_FAILED, error=message.reason)
-            result.executor_node_id = self.node_id
-            result.finished_at.CopyFrom(to_timestamp(utcnow()))
-            self._finish(job, result)
+            self.queued_ids.discard(job.job_id)
+            self._settle(job, pb.JOB_FAILED, message.reason)
         self.log.warning(
             "queued_jobs_dropped", origin=message.origin, jobs=len(dropped), reason=message.reason
         )
@@ -125,9 +126,7 @@ class JobExecutorActor(MeshActor):
 
     @handles(ProcessExited)
     def _exited(self, message: ProcessExited) -> None:
-        entry = self.running.pop(message.job.job_id, None)
-        if entry is not None:
-            entry.thread.join(timeout=1.0)  # it has already told us; this only reaps the thread
+        self.running.pop(message.job.job_id, None)  # its helper thread ends right after telling us
         self._record(message.job, message.outcome)
         self._fill_slots()
         self._announce()
@@ -151,7 +150,9 @@ class JobExecutorActor(MeshActor):
 
     def _fill_slots(self) -> None:
         while self.queue and len(self.running) < self.config.max_jobs:
-            self._start(self.queue.popleft())
+            job = self.queue.popleft()
+            self.queued_ids.discard(job.job_id)
+            self._start(job)
 
     def _start(self, job: pb.Job) -> None:
         env = {**self.base_env, **job.env}
@@ -212,8 +213,9 @@ class JobExecutorActor(MeshActor):
             error=outcome.error or None,
         )
 
-    def _settle_cancelled(self, job: pb.Job, reason: str) -> None:
-        result = pb.JobResult(job_id=job.job_id, status=pb.JOB_CANCELLED, error=reason)
+    def _settle(self, job: pb.Job, status: int, reason: str) -> None:
+        """Settle a job that did not (or will not) finish by itself here: cancelled or given up."""
+        result = pb.JobResult(job_id=job.job_id, status=status, error=reason)
         result.executor_node_id = self.node_id
         result.finished_at.CopyFrom(to_timestamp(utcnow()))
         self._finish(job, result)
@@ -233,7 +235,7 @@ class JobExecutorActor(MeshActor):
         entries = list(self.running.values())
         self.running.clear()
         for entry in entries:
-            self._settle_cancelled(entry.job, SHUTDOWN_REASON)
+            self._settle(entry.job, pb.JOB_CANCELLED, SHUTDOWN_REASON)
             entry.runner.cancel(SHUTDOWN_REASON, grace=self.config.timing.shutdown_grace)
         for entry in entries:
             entry.thread.join(timeout=self.config.timing.shutdown_grace + 2.0)

@@ -358,6 +358,16 @@ def _section(serial: float, threaded: float, results: list[ApiResult], ratio: fl
         f"- p99 ≤ {TARGET_P99_MS:g} ms: {one.p99_ms:.1f} ms — {_verdict(one.p99_ms <= TARGET_P99_MS)}",
         "",
     ]
+    if ratio < TARGET_RATIO:
+        budget = (os.cpu_count() or 1) * 1000 / (TARGET_RATIO * threaded)
+        lines += [
+            f"Why the throughput target is out of reach here: at {TARGET_RATIO} x the raw rate, the "
+            f"node would have at most {budget:.2f} ms of CPU per job even with every core to itself; "
+            f"it uses {one.cpu_per_job_ms:.1f} ms. Each job is two HTTP requests (POST, GET ?wait), "
+            "three SQLite commits (submitted, started, finished: what makes it survive a crash) and "
+            "one fork/exec, all in one CPython process; the raw row is the fork/exec alone.",
+            "",
+        ]
     if notes:
         lines += ["### Where the time goes (one node, a target was missed)", "", notes]
     return "\n".join(lines)
