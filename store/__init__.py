@@ -1,0 +1,1 @@
+"""Persistence: Pony entities on SQLite, the functions that use them, the data directory."""

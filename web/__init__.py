@@ -1,0 +1,1 @@
+"""The Bottle adapter: routes, request validation, the OpenAPI document."""
