@@ -124,7 +124,7 @@ class DispatcherActor(MeshActor):
             order = rank(me, [candidate_of(p) for p in peers], self._sent_counts(peers), self.rng)
             if not order:
                 raise Refusal(
-                    "unavailable", "no_node_available", "this node is draining and no live peer can take jobs"
+                    "conflict", "node_draining", "this node is draining and no live peer can take jobs"
                 )
         job.target_node_id = order[0].node_id
         job.pinned = bool(message.pinned)

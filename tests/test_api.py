@@ -448,3 +448,24 @@ def test_the_openapi_document_describes_every_route_and_every_status_seen(api: A
                 if status.startswith(("4", "5")):
                     schema = answer["content"]["application/json"]["schema"]
                     assert schema == {"$ref": "#/components/schemas/Error"}, f"{method} {path} {status}"
+
+
+def test_a_draining_node_alone_refuses_new_jobs_with_a_409_until_it_resumes(api: Api) -> None:
+    assert api.call("POST", "/api/v1/drain", json={}).json()["status"] == "DRAINING"
+    assert api.call("GET", "/api/v1/status").json()["status"] == "DRAINING"
+    refused = assert_json_error(
+        api.call("POST", "/api/v1/jobs", json={"command": "echo never"}), 409, "node_draining"
+    )
+    assert "no live peer" in refused["message"]
+    assert api.call("GET", "/api/v1/jobs").json() == []
+
+    assert api.call("POST", "/api/v1/resume", json={}).json()["status"] == "IDLE"
+    assert api.submit("echo again")
+
+
+def test_drain_and_resume_take_json_only_and_no_fields(api: Api, subtests: pytest.Subtests) -> None:
+    for path in ("/api/v1/drain", "/api/v1/resume"):
+        with subtests.test(path=path):
+            assert_json_error(api.call("POST", path), 415, "unsupported_media_type")
+            assert_json_error(api.call("POST", path, json={"now": True}), 400, "invalid_body")
+    assert api.call("GET", "/api/v1/status").json()["status"] == "IDLE"

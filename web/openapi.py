@@ -197,9 +197,10 @@ _SCHEMAS: dict[str, Any] = {
 _UNAVAILABLE = _error("an actor of the node did not answer in time; retry")
 _STATE_CHANGE = {
     "requestBody": {
-        "required": False,
-        "description": "empty or a JSON object; Content-Type must be application/json",
-        "content": {"application/json": {"schema": {"type": "object"}}},
+        "required": True,
+        "description": "{} (or no body at all); Content-Type must be application/json either way, so "
+        "that no form or simple cross-site request can change a node",
+        "content": {"application/json": {"schema": {"type": "object", "maxProperties": 0}}},
     }
 }
 _STATE_ERRORS = {
@@ -253,6 +254,7 @@ def _document() -> dict[str, Any]:
                     "parameters": [{"name": "all", "in": "query", "schema": {"type": "boolean"}}],
                     "responses": {
                         "200": _json({"type": "array", "items": _ref("Peer")}, "peers"),
+                        "400": _error("?all is not true or false"),
                         "503": _UNAVAILABLE,
                     },
                 }
@@ -274,6 +276,12 @@ def _document() -> dict[str, Any]:
                             "malformed JSON, not an object, or a field is invalid (named in error.field)"
                         ),
                         "413": _error(f"body larger than {MAX_BODY_BYTES} bytes"),
+                        "403": _error("the command is not allowed here (--allow-commands)"),
+                        "404": _error("target_node is not a node this node knows"),
+                        "409": _error(
+                            "target_node is not live or is draining; or this node is draining "
+                            "and no live peer can take the job"
+                        ),
                         "415": _error("Content-Type is not application/json (charset=utf-8 allowed)"),
                         "503": _UNAVAILABLE,
                     },

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import uuid
 from typing import Any
@@ -97,6 +98,8 @@ def _env(body: dict[str, Any]) -> dict[str, str]:
 
 def _timeout(body: dict[str, Any]) -> int:
     value = body.get("timeout_seconds", DEFAULT_TIMEOUT_SECONDS)
+    if isinstance(value, float) and value.is_integer() and 1 <= value <= MAX_TIMEOUT_SECONDS:
+        value = int(value)  # 300.0 is an integer to JSON Schema, so to us
     if isinstance(value, bool) or not isinstance(value, int):
         raise bad_field("timeout_seconds", "must be an integer number of seconds")
     if not 1 <= value <= MAX_TIMEOUT_SECONDS:
@@ -135,9 +138,13 @@ def wait_param(query: Any) -> float:
     raw = query.get("wait")
     if raw is None:
         return 0.0
-    if not re.fullmatch(r"\d{1,6}(\.\d{1,3})?", raw.strip()) or float(raw) > MAX_WAIT_SECONDS:
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if not 0 <= seconds <= MAX_WAIT_SECONDS:  # NaN fails this too
         raise bad_field("wait", f"must be a number of seconds from 0 to {MAX_WAIT_SECONDS}")
-    return float(raw)
+    return seconds
 
 
 def job_from_body(body: dict[str, Any], node_id: str) -> pb.Job:
