@@ -62,13 +62,14 @@ _SCHEMAS: dict[str, Any] = {
                 "type": "string",
                 "minLength": 1,
                 "maxLength": MAX_COMMAND_BYTES,
+                "pattern": "^[^\\x00]*\\S[^\\x00]*$",
                 "description": "run as /bin/sh -c COMMAND; must not be blank or contain NUL",
             },
             "env": {
                 "type": "object",
                 "description": "overlaid on the node's environment; names match [A-Za-z_][A-Za-z0-9_]*",
                 "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
-                "additionalProperties": {"type": "string"},
+                "additionalProperties": {"type": "string", "pattern": "^[^\\x00]*$"},
             },
             "timeout_seconds": {
                 "type": "integer",

@@ -96,15 +96,23 @@ def _env(body: dict[str, Any]) -> dict[str, str]:
     return env
 
 
-def _timeout(body: dict[str, Any]) -> int:
-    value = body.get("timeout_seconds", DEFAULT_TIMEOUT_SECONDS)
-    if isinstance(value, float) and value.is_integer() and 1 <= value <= MAX_TIMEOUT_SECONDS:
-        value = int(value)  # 300.0 is an integer to JSON Schema, so to us
+def _integer(body: dict[str, Any], field: str, default: int, low: int, high: int, what: str) -> int:
+    """An integer field within [low, high]; 300.0 counts (it is an integer to JSON Schema), true
+    and "5" do not."""
+    value = body.get(field, default)
+    if isinstance(value, float) and value.is_integer() and low <= value <= high:
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise bad_field("timeout_seconds", "must be an integer number of seconds")
-    if not 1 <= value <= MAX_TIMEOUT_SECONDS:
-        raise bad_field("timeout_seconds", f"must be between 1 and {MAX_TIMEOUT_SECONDS}")
+        raise bad_field(field, f"must be an integer{what}")
+    if not low <= value <= high:
+        raise bad_field(field, f"must be between {low} and {high}")
     return value
+
+
+def _timeout(body: dict[str, Any]) -> int:
+    return _integer(
+        body, "timeout_seconds", DEFAULT_TIMEOUT_SECONDS, 1, MAX_TIMEOUT_SECONDS, " number of seconds"
+    )
 
 
 def _check_surrogates(field: str, text: str) -> None:
@@ -115,12 +123,7 @@ def _check_surrogates(field: str, text: str) -> None:
 
 
 def _retries(body: dict[str, Any]) -> int:
-    value = body.get("retries", 0)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise bad_field("retries", "must be an integer")
-    if not 0 <= value <= MAX_RETRIES:
-        raise bad_field("retries", f"must be between 0 and {MAX_RETRIES}")
-    return value
+    return _integer(body, "retries", 0, 0, MAX_RETRIES, "")
 
 
 def pinned_node(body: dict[str, Any]) -> str | None:
@@ -177,7 +180,7 @@ def flag_param(query: Any, name: str) -> bool:
     if raw is None:
         return False
     value = raw.strip().lower()
-    if value not in ("true", "false", "1", "0", "yes", "no", ""):
+    if value not in ("true", "false", "1", "0", "yes", "no"):
         raise bad_field(name, "must be true or false")
     return value in ("true", "1", "yes")
 
