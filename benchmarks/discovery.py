@@ -18,7 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.meshnodes import MeshNode, all_see_all, free_udp_port, log_time, wait_until
+from tests.helpers import free_udp_port
+from tests.meshnodes import MeshNode, all_see_all, log_time, wait_until
 
 SIZES = (3, 10, 20)
 ROUNDS = 3  # per size; the table shows the median and the worst

@@ -32,9 +32,9 @@ def free_port() -> int:
 
 
 def free_udp_port() -> int:
-    """A UDP port on 127.0.0.1 that was free a moment ago."""
+    """A UDP port nothing on this host had bound a moment ago (nodes bind discovery on 0.0.0.0)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind(("0.0.0.0", 0))
         return sock.getsockname()[1]
 
 

@@ -17,7 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tests.meshnodes import MeshNode, all_see_all, free_udp_port, wait_until
+from tests.helpers import free_udp_port
+from tests.meshnodes import MeshNode, all_see_all, wait_until
 
 INTERVAL = 0.2
 PEER_TIMEOUT = 1.0

@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,8 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from tests.helpers import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 RUN_NODE = REPO / "run_node.py"
@@ -62,27 +63,10 @@ Call = tuple[str, str, dict[str, Any] | None]  # method, path under api_url, JSO
 _NODE_VARIABLES = frozenset({"LOG_LEVEL", "DISCOVERY_PORT", "HEARTBEAT_INTERVAL", "PEER_TIMEOUT"})
 
 
-def free_udp_port() -> int:
-    """A UDP port that nothing on this host had bound a moment ago (what every node then shares)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("0.0.0.0", 0))
-        return sock.getsockname()[1]
-
-
-def free_tcp_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.02) -> float:
     """Poll `predicate` until it is truthy; returns the seconds it took. AssertionError at the deadline."""
     began = time.monotonic()
-    while not predicate():
-        if time.monotonic() - began > timeout:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+    wait_for(predicate, timeout, interval, what)
     return time.monotonic() - began
 
 

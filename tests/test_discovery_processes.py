@@ -19,12 +19,11 @@ import pytest
 
 from proto import wire
 from proto.codec import pb
+from tests.helpers import free_port, free_udp_port
 from tests.meshnodes import (
     RUN_NODE,
     MeshNode,
     all_see_all,
-    free_tcp_port,
-    free_udp_port,
     log_time,
     wait_until,
 )
@@ -236,7 +235,7 @@ def test_a_node_killed_and_restarted_before_it_expires_replaces_its_old_entry_at
 def test_a_node_restarted_with_a_new_id_on_the_same_api_port_leaves_no_live_entry_for_the_old_id(
     mesh: Mesh,
 ) -> None:
-    port = str(free_tcp_port())
+    port = str(free_port())
     # A long peer timeout: expiry cannot be what removes the old id during this test.
     a = mesh.start("a", timeout=10.0)[0]
     old = mesh.spawn("old", "--api-port", port, timeout=10.0).wait_started()
@@ -286,7 +285,7 @@ def test_garbage_datagrams_are_dropped_and_counted_by_reason_and_a_valid_heartbe
         "too_large": [wire.PREFIX + bytes(wire.MAX_DATAGRAM + 100)],
         "unknown_version": [b"WM\x02\x00" + valid[len(wire.PREFIX) :]],
     }
-    fake_port = free_tcp_port()
+    fake_port = free_port()
 
     broadcast([data for batch in expected.values() for data in batch], mesh.port)
     broadcast([fake_heartbeat("fake-node", fake_port)], mesh.port)

@@ -38,8 +38,9 @@ from actors.mesh_transport import MeshError, request
 from proto import wire
 from proto.codec import pb, to_timestamp, utcnow
 from proto.seal import KeyHolder, Keyring, generate_key
+from tests.helpers import free_udp_port
 from tests.meshjobs import Cluster, expect, finals, job, jobs, peer_status, submit
-from tests.meshnodes import RUN_NODE, MeshNode, all_see_all, free_udp_port, sees_exactly, wait_until
+from tests.meshnodes import RUN_NODE, MeshNode, all_see_all, sees_exactly, wait_until
 
 pytestmark = pytest.mark.process
 
