@@ -68,7 +68,8 @@ class _Handoff:
 
 def candidate_of(peer: Peer) -> Candidate:
     hb = peer.heartbeat
-    return Candidate(hb.node_id, hb.running, hb.queued, hb.capacity, hb.status, (hb.host, hb.mesh_port))
+    address = (hb.host, hb.mesh_port)
+    return Candidate(hb.node_id, hb.running, hb.queued, hb.capacity, hb.status, address, peer.last_heard)
 
 
 class DispatcherActor(MeshActor):
@@ -172,7 +173,7 @@ class DispatcherActor(MeshActor):
     def _send_handoff(self, state: _Handoff, target: Candidate) -> None:
         job = state.job
         job.target_node_id = target.node_id
-        self._count_sent(target.node_id)
+        self._count_sent(target)
         envelope = self._envelope()
         envelope.handoff.job.CopyFrom(job)
         ref, job_id = self.actor_ref, job.job_id
@@ -392,12 +393,12 @@ class DispatcherActor(MeshActor):
             counts[peer.node_id] = count if heard == peer.last_heard else 0
         return counts
 
-    def _count_sent(self, node_id: str) -> None:
-        peer = next((p for p in self._peers() if p.node_id == node_id), None)
-        if peer is None:
+    def _count_sent(self, target: Candidate) -> None:
+        """One more job sent to `target` since the heartbeat its load came from."""
+        if target.heard is None:
             return
-        heard, count = self.sent.get(node_id, (None, 0))
-        self.sent[node_id] = (peer.last_heard, count + 1 if heard == peer.last_heard else 1)
+        heard, count = self.sent.get(target.node_id, (None, 0))
+        self.sent[target.node_id] = (target.heard, count + 1 if heard == target.heard else 1)
 
     def _envelope(self) -> pb.Envelope:
         return self.channel.envelope()

@@ -26,6 +26,7 @@ class Candidate:
     capacity: int
     status: int  # pb.NodeStatus
     address: tuple[str, int] | None  # mesh (host, port); None for this node
+    heard: float | None = None  # when its load was last heard (receiver's clock); None for this node
 
 
 def _used(candidate: Candidate, sent: Mapping[str, int]) -> int:
